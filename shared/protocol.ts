@@ -1,0 +1,194 @@
+/**
+ * The operations each service answers: argument schemas (validated at the boundary by `op()`
+ * in rpc.ts) and the shapes of their results. docs/PROTOCOL.md describes the same in prose.
+ */
+import { z } from 'zod';
+import { nameProblem } from './names.js';
+
+// ---------------------------------------------------------------- common pieces
+
+export const fileName = z.string().superRefine((value, ctx) => {
+  const problem = nameProblem(value);
+  if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
+});
+
+export const serverId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/, 'a server id is 1-32 letters, digits, "_", "." or "-", starting with a letter or digit');
+
+export const wsUrl = z
+  .string()
+  .max(256)
+  .refine((value) => /^wss?:\/\/[^\s/]+(\/[^\s]*)?$/.test(value), 'expected a ws://host:port URL');
+
+/** Fencing tokens and versions are positive safe integers. */
+export const counter = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+
+export const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'expected a lowercase hex sha256');
+
+export const timeoutMs = z.number().int().min(0).max(3_600_000);
+
+export interface ServerRef {
+  id: string;
+  url: string;
+}
+
+export type CopyRole = 'primary' | 'replica';
+
+export interface Placement {
+  name: string;
+  /** Changes whenever a name is (re)created, so that copies of an older file are never mistaken for it. */
+  epoch: number;
+  primary: ServerRef;
+  replicas: ServerRef[];
+}
+
+// ---------------------------------------------------------------- directory service
+
+export const directoryOps = {
+  /** Anyone: what a client needs to know besides this URL. */
+  info: z.object({}).strict(),
+  create: z.object({ name: fileName }).strict(),
+  locate: z.object({ name: fileName, for: z.enum(['read', 'write']) }).strict(),
+  placement: z.object({ name: fileName }).strict(),
+  list: z
+    .object({
+      prefix: z.string().max(255).optional(),
+      after: z.string().max(255).optional(),
+      limit: z.number().int().min(1).max(10_000).optional(),
+    })
+    .strict(),
+  delete: z.object({ name: fileName }).strict(),
+  status: z.object({}).strict(),
+  /** File servers. */
+  register: z.object({ id: serverId, url: wsUrl }).strict(),
+  heartbeat: z.object({ id: serverId }).strict(),
+  holdings: z
+    .object({ id: serverId, after: z.string().max(255).optional(), limit: z.number().int().min(1).max(10_000).optional() })
+    .strict(),
+  synced: z.object({ id: serverId, upTo: counter, behind: z.array(fileName).max(100_000) }).strict(),
+  behind: z.object({ name: fileName, id: serverId }).strict(),
+} as const;
+
+export interface InfoResult {
+  lockUrl: string;
+  replication: number;
+}
+
+export interface LocateResult {
+  name: string;
+  epoch: number;
+  server: ServerRef;
+  role: CopyRole;
+}
+
+export interface CopyStatus extends ServerRef {
+  role: CopyRole;
+  up: boolean;
+  /** Usable for reads: up, caught up, and not known to have missed a write. */
+  inSync: boolean;
+}
+
+export interface PlacementResult extends Placement {
+  copies: CopyStatus[];
+}
+
+export interface ListResult {
+  names: string[];
+  /** More names follow the last one; ask again with `after` set to it. */
+  more: boolean;
+}
+
+export interface ServerStatus extends ServerRef {
+  state: 'up' | 'down';
+  /** `syncing` from registration until its catch-up is done; `behind` when some copies missed writes. */
+  sync: 'in-sync' | 'syncing' | 'behind';
+  /** Milliseconds since the epoch, or null before the first heartbeat. */
+  lastHeartbeat: number | null;
+  files: number;
+  primaries: number;
+  behindFiles: number;
+}
+
+export interface StatusResult {
+  servers: ServerStatus[];
+  files: number;
+  replication: number;
+  lockUrl: string;
+}
+
+export interface RegisterResult {
+  heartbeatMs: number;
+  /** The mark sequence at registration: a later `synced` with this `upTo` clears older marks. */
+  markSeq: number;
+}
+
+export interface HeartbeatResult {
+  /** Names of this server's copies known to have missed writes (at most 1000). */
+  behind: string[];
+  markSeq: number;
+}
+
+export interface Holding {
+  name: string;
+  epoch: number;
+  role: CopyRole;
+  primary: ServerRef;
+  replicas: ServerRef[];
+}
+
+export interface HoldingsResult {
+  copies: Holding[];
+  more: boolean;
+}
+
+// ---------------------------------------------------------------- lock service
+
+export const lockOps = {
+  /** Optional: a label shown to other clients as the holder of this session's locks. */
+  hello: z.object({ client: z.string().min(1).max(64) }).strict(),
+  acquire: z
+    .object({
+      name: fileName,
+      /** How long to wait in line; 0 means do not wait (LOCKED if held). */
+      timeoutMs,
+    })
+    .strict(),
+  release: z.object({ name: fileName, token: counter.optional() }).strict(),
+  validate: z.object({ name: fileName, token: counter }).strict(),
+  status: z.object({ name: fileName.optional() }).strict(),
+} as const;
+
+export interface HelloResult {
+  session: string;
+}
+
+export interface AcquireResult {
+  name: string;
+  token: number;
+}
+
+/** Pushed to a waiting acquirer whenever its place in line changes. */
+export interface QueuedEvent {
+  name: string;
+  /** 1 = next in line. */
+  position: number;
+  holder: string;
+}
+
+export interface LockStatus {
+  name: string;
+  holder: string;
+  token: number;
+  /** Milliseconds since the epoch when the lock was granted. */
+  since: number;
+  waiters: string[];
+}
+
+export interface LockStatusResult {
+  locks: LockStatus[];
+}
+
+export type OpsOf<T> = { [K in keyof T]: T[K] extends z.ZodType ? z.infer<T[K]> : never };
+export type DirectoryArgs = OpsOf<typeof directoryOps>;
+export type LockArgs = OpsOf<typeof lockOps>;
