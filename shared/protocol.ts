@@ -192,3 +192,104 @@ export interface LockStatusResult {
 export type OpsOf<T> = { [K in keyof T]: T[K] extends z.ZodType ? z.infer<T[K]> : never };
 export type DirectoryArgs = OpsOf<typeof directoryOps>;
 export type LockArgs = OpsOf<typeof lockOps>;
+
+// ---------------------------------------------------------------- file servers
+
+/** Content up to this size travels inline in one message; larger content as a stream. */
+export const INLINE_CONTENT_BYTES = 1 << 20;
+
+export const writeMode = z.enum(['replace', 'append']);
+export type WriteMode = z.infer<typeof writeMode>;
+
+export const fileOps = {
+  /** Clients. `ifEpoch`/`ifVersion`: the cached copy; NOT_MODIFIED (no content) when it is current. */
+  read: z.object({ name: fileName, ifEpoch: counter.optional(), ifVersion: counter.optional() }).strict(),
+  stat: z.object({ name: fileName }).strict(),
+  /** To the primary, with the fencing token of the lock on `name`. `requestId` makes retries idempotent. */
+  write: z
+    .object({
+      name: fileName,
+      epoch: counter,
+      token: counter,
+      mode: writeMode,
+      size: counter,
+      sha256: sha256Hex.optional(),
+      requestId: z.string().min(8).max(64).regex(/^[\w-]+$/),
+    })
+    .strict(),
+  delete: z.object({ name: fileName, epoch: counter, token: counter }).strict(),
+  status: z.object({}).strict(),
+  /** Primary → replica: the next version, whole (replace) or as the bytes appended to `baseVersion`. */
+  'rep.write': z
+    .object({
+      name: fileName,
+      epoch: counter,
+      version: counter,
+      baseVersion: counter,
+      mode: writeMode,
+      size: counter,
+      from: serverId,
+      mtime: counter,
+    })
+    .strict(),
+  /** Primary → replica, after the primary committed: make the prepared version current. */
+  'rep.commit': z.object({ name: fileName, epoch: counter, version: counter, from: serverId }).strict(),
+  'rep.delete': z.object({ name: fileName, epoch: counter, from: serverId }).strict(),
+  /** Peers during catch-up: the versions a server holds of the named files. */
+  versions: z.object({ names: z.array(fileName).max(10_000) }).strict(),
+  /** Replica catching up → primary: the whole current content, whatever the copy's read state. */
+  fetch: z.object({ name: fileName, epoch: counter }).strict(),
+} as const;
+
+export type FileArgs = OpsOf<typeof fileOps>;
+
+export interface FileMeta {
+  name: string;
+  epoch: number;
+  version: number;
+  size: number;
+  sha256: string;
+  /** Milliseconds since the epoch of the last write. */
+  mtime: number;
+}
+
+export interface ReadResult extends FileMeta {
+  notModified: boolean;
+}
+
+export interface WriteResult {
+  name: string;
+  epoch: number;
+  version: number;
+  size: number;
+  sha256: string;
+  /** Replicas that were down or failed and are now marked behind. */
+  skipped: string[];
+}
+
+export interface PreparedResult {
+  version: number;
+  sha256: string;
+  /** The version was already current here (a repeated replication). */
+  committed: boolean;
+}
+
+export interface VersionsResult {
+  files: Array<{ name: string; epoch: number; version: number; sha256: string }>;
+}
+
+export interface FileServerStatus {
+  id: string;
+  url: string;
+  files: number;
+  syncing: boolean;
+  catchingUp: number;
+  counters: {
+    reads: number;
+    notModified: number;
+    contentBytesSent: number;
+    writes: number;
+    contentBytesReceived: number;
+    replicaWrites: number;
+  };
+}
