@@ -1,0 +1,327 @@
+/**
+ * File-server membership and routing, with no sockets and no disk: who is registered, who is up,
+ * who is still catching up, which copies are known to have missed writes, where a new file goes
+ * and which copy serves the next read. Time comes from `now()`, so tests need no sleeps.
+ *
+ * Rules (docs/PROTOCOL.md, "Directory service"):
+ * - A server is up from `register` until `downAfterMs` pass without a heartbeat; then it is down
+ *   and stays down until it registers again (a heartbeat cannot revive it: it may have missed
+ *   writes while it was away, so it must go through a catch-up first).
+ * - A server is `syncing` from `register` until it reports `synced`.
+ * - A copy is "behind" when its primary reported that it missed a write. Each mark gets the next
+ *   mark sequence number; `synced {upTo}` clears the server's marks numbered up to `upTo`, so a
+ *   mark made while the catch-up was running survives it.
+ */
+import { DfsError } from '../../shared/errors.js';
+import type { CopyRole } from '../../shared/protocol.js';
+
+export const DEFAULT_DOWN_AFTER_MS = 3000;
+export const DEFAULT_REPLICATION = 3;
+/** Most behind names returned in one heartbeat answer. */
+export const MAX_BEHIND_IN_HEARTBEAT = 1000;
+
+export interface ClusterOptions {
+  replication?: number;
+  downAfterMs?: number;
+  now?: () => number;
+}
+
+interface Member {
+  id: string;
+  url: string;
+  registeredAt: number;
+  lastHeartbeat: number | null;
+  down: boolean;
+  syncing: boolean;
+}
+
+/** The copies of one file, by server id. */
+export interface CopySet {
+  primary: string;
+  replicas: readonly string[];
+}
+
+export interface ServerLoad {
+  files: number;
+  primaries: number;
+}
+
+export interface Registration {
+  markSeq: number;
+  /** What the directory knew of this server before: nothing, up, or down. */
+  before: 'new' | 'up' | 'down';
+  previousUrl: string | undefined;
+}
+
+export interface DownServer {
+  id: string;
+  silentMs: number;
+}
+
+export interface SyncOutcome {
+  cleared: number;
+  marked: number;
+  /** Names the server said it is behind on but holds no replica of (deleted meanwhile, say). */
+  ignored: number;
+}
+
+export interface MemberView {
+  id: string;
+  url: string;
+  up: boolean;
+  syncing: boolean;
+  lastHeartbeat: number | null;
+  behindFiles: number;
+}
+
+export class Cluster {
+  readonly replication: number;
+  readonly downAfterMs: number;
+  private readonly now: () => number;
+  private readonly members = new Map<string, Member>();
+  /** server id → file name → mark sequence number. */
+  private readonly marks = new Map<string, Map<string, number>>();
+  private markSeq = 0;
+  /** file name → index of the replica to try first for the next read. */
+  private readonly readCursor = new Map<string, number>();
+
+  constructor(options: ClusterOptions = {}) {
+    this.replication = options.replication ?? DEFAULT_REPLICATION;
+    this.downAfterMs = options.downAfterMs ?? DEFAULT_DOWN_AFTER_MS;
+    this.now = options.now ?? Date.now;
+    if (!Number.isInteger(this.replication) || this.replication < 1) throw new RangeError('replication must be a whole number of at least 1');
+    if (!(this.downAfterMs > 0)) throw new RangeError('downAfterMs must be positive');
+  }
+
+  /** How often a file server should send heartbeats: a few per down-after period. */
+  get heartbeatMs(): number {
+    return Math.max(50, Math.floor(this.downAfterMs / 3));
+  }
+
+  get currentMarkSeq(): number {
+    return this.markSeq;
+  }
+
+  // ------------------------------------------------------------ membership
+
+  register(id: string, url: string): Registration {
+    for (const other of this.members.values()) {
+      if (other.id !== id && other.url === url && this.isUp(other.id)) {
+        throw new DfsError('EXISTS', `${url} is already registered by server ${other.id}, which is up; give each file server its own address`);
+      }
+    }
+    const previous = this.members.get(id);
+    const before = previous === undefined ? 'new' : this.isUp(id) ? 'up' : 'down';
+    this.members.set(id, { id, url, registeredAt: this.now(), lastHeartbeat: null, down: false, syncing: true });
+    return { markSeq: this.markSeq, before, previousUrl: previous?.url };
+  }
+
+  /** Records a heartbeat; NOT_FOUND when the server must register (again) first. */
+  heartbeat(id: string): { behind: string[]; markSeq: number } {
+    this.requireUp(id);
+    const member = this.members.get(id)!;
+    member.lastHeartbeat = this.now();
+    const behind: string[] = [];
+    for (const name of this.marks.get(id)?.keys() ?? []) {
+      if (behind.length >= MAX_BEHIND_IN_HEARTBEAT) break;
+      behind.push(name);
+    }
+    return { behind, markSeq: this.markSeq };
+  }
+
+  /** Marks down every server silent for longer than downAfterMs; returns those newly down. */
+  sweep(): DownServer[] {
+    const now = this.now();
+    const newlyDown: DownServer[] = [];
+    for (const member of this.members.values()) {
+      if (member.down) continue;
+      const silentMs = now - lastSign(member);
+      if (silentMs > this.downAfterMs) {
+        member.down = true;
+        newlyDown.push({ id: member.id, silentMs });
+      }
+    }
+    return newlyDown;
+  }
+
+  isRegistered(id: string): boolean {
+    return this.members.has(id);
+  }
+
+  /** Up: registered, not marked down, and heard from within downAfterMs (even before the next sweep). */
+  isUp(id: string): boolean {
+    const member = this.members.get(id);
+    return member !== undefined && !member.down && this.now() - lastSign(member) <= this.downAfterMs;
+  }
+
+  isSyncing(id: string): boolean {
+    return this.members.get(id)?.syncing ?? false;
+  }
+
+  /** The registered URL of a server, if it registered since this directory started. */
+  urlOf(id: string): string | undefined {
+    return this.members.get(id)?.url;
+  }
+
+  memberIds(): IterableIterator<string> {
+    return this.members.keys();
+  }
+
+  view(id: string): MemberView | undefined {
+    const member = this.members.get(id);
+    if (!member) return undefined;
+    return {
+      id,
+      url: member.url,
+      up: this.isUp(id),
+      syncing: member.syncing,
+      lastHeartbeat: member.lastHeartbeat,
+      behindFiles: this.marks.get(id)?.size ?? 0,
+    };
+  }
+
+  private requireUp(id: string): void {
+    if (!this.isUp(id)) {
+      const member = this.members.get(id);
+      if (member) member.down = true;
+      throw new DfsError('NOT_FOUND', `server ${id} is not registered; register again`);
+    }
+  }
+
+  // ------------------------------------------------------------ behind marks
+
+  /** Records that the copy of `name` on server `id` missed a write. */
+  markBehind(name: string, id: string): { seq: number; fresh: boolean } {
+    let forServer = this.marks.get(id);
+    if (!forServer) this.marks.set(id, (forServer = new Map()));
+    const fresh = !forServer.has(name);
+    const seq = ++this.markSeq;
+    // Deleting first moves the name to the end, so heartbeat lists stay in mark order.
+    forServer.delete(name);
+    forServer.set(name, seq);
+    return { seq, fresh };
+  }
+
+  isBehind(id: string, name: string): boolean {
+    return this.marks.get(id)?.has(name) ?? false;
+  }
+
+  behindCount(id: string): number {
+    return this.marks.get(id)?.size ?? 0;
+  }
+
+  /**
+   * A server finished catching up with everything marked up to `upTo`: those marks go, it stops
+   * syncing, and the names it could not catch up on (that it holds) are marked afresh.
+   */
+  synced(id: string, upTo: number, behind: readonly string[], holds: (name: string) => boolean): SyncOutcome {
+    this.requireUp(id);
+    if (upTo > this.markSeq) {
+      throw new DfsError('BAD_REQUEST', `upTo ${upTo} is ahead of the directory's mark sequence ${this.markSeq}; use the markSeq from register or heartbeat`);
+    }
+    let cleared = 0;
+    const forServer = this.marks.get(id);
+    if (forServer) {
+      for (const [name, seq] of forServer) {
+        if (seq <= upTo) {
+          forServer.delete(name);
+          cleared++;
+        }
+      }
+      if (forServer.size === 0) this.marks.delete(id);
+    }
+    this.members.get(id)!.syncing = false;
+    let marked = 0;
+    let ignored = 0;
+    for (const name of new Set(behind)) {
+      if (!holds(name)) {
+        ignored++;
+        continue;
+      }
+      this.markBehind(name, id);
+      marked++;
+    }
+    return { cleared, marked, ignored };
+  }
+
+  /** Drops what is known about a deleted file's copies. */
+  forget(name: string, copies: CopySet): void {
+    this.readCursor.delete(name);
+    for (const id of [copies.primary, ...copies.replicas]) {
+      const forServer = this.marks.get(id);
+      if (forServer?.delete(name) && forServer.size === 0) this.marks.delete(id);
+    }
+  }
+
+  // ------------------------------------------------------------ routing
+
+  /**
+   * Chooses the servers for a new file among `known` (registered servers and servers the table
+   * names). The primary is the up, caught-up server with the fewest primaries, so that primaries
+   * (and so write load) spread evenly; replicas are the others with the fewest files, up ones
+   * first. A down replica is acceptable: it catches up when it comes back.
+   */
+  place(known: Iterable<string>, loadOf: (id: string) => ServerLoad): { primary: string; replicas: string[] } {
+    type Candidate = { id: string; up: boolean; syncing: boolean; load: ServerLoad };
+    const candidates: Candidate[] = [];
+    for (const id of new Set(known)) candidates.push({ id, up: this.isUp(id), syncing: this.isSyncing(id), load: loadOf(id) });
+    const ready = candidates.filter((c) => c.up && !c.syncing);
+    if (ready.length === 0) {
+      const catchingUp = candidates.filter((c) => c.up).map((c) => c.id);
+      if (catchingUp.length > 0) {
+        throw new DfsError('UNAVAILABLE', `no file server is ready for new files: ${catchingUp.join(', ')} still catching up; try again shortly`);
+      }
+      throw new DfsError('UNAVAILABLE', 'no file servers are up');
+    }
+    ready.sort((a, b) => a.load.primaries - b.load.primaries || a.load.files - b.load.files || compareIds(a.id, b.id));
+    const primary = ready[0]!;
+    const others = candidates.filter((c) => c.id !== primary.id);
+    others.sort((a, b) => Number(b.up) - Number(a.up) || a.load.files - b.load.files || compareIds(a.id, b.id));
+    return { primary: primary.id, replicas: others.slice(0, this.replication - 1).map((c) => c.id) };
+  }
+
+  /** The server that takes writes of a file: its primary, when up. */
+  writer(name: string, copies: CopySet): string {
+    if (!this.isUp(copies.primary)) {
+      throw new DfsError('UNAVAILABLE', `the primary of ${name}, server ${copies.primary}, is down; writes resume when it comes back`);
+    }
+    return copies.primary;
+  }
+
+  /** Usable for reads: up, caught up, and not known to have missed a write of this file. */
+  isReadable(id: string, name: string): boolean {
+    return this.isUp(id) && !this.isSyncing(id) && !this.isBehind(id, name);
+  }
+
+  private readProblem(id: string, name: string): string {
+    if (!this.isUp(id)) return 'down';
+    if (this.isSyncing(id)) return 'catching up';
+    return this.isBehind(id, name) ? 'missed writes' : 'ok';
+  }
+
+  /** The next usable replica in round-robin order, else the primary when up. */
+  reader(name: string, copies: CopySet): { id: string; role: CopyRole } {
+    const { replicas } = copies;
+    const start = (this.readCursor.get(name) ?? 0) % Math.max(1, replicas.length);
+    for (let k = 0; k < replicas.length; k++) {
+      const index = (start + k) % replicas.length;
+      const id = replicas[index]!;
+      if (this.isReadable(id, name)) {
+        this.readCursor.set(name, (index + 1) % replicas.length);
+        return { id, role: 'replica' };
+      }
+    }
+    if (this.isUp(copies.primary)) return { id: copies.primary, role: 'primary' };
+    const why = [copies.primary, ...replicas].map((id) => `${id} (${this.readProblem(id, name)})`).join(', ');
+    throw new DfsError('UNAVAILABLE', `no copy of ${name} can be read now: ${why}; try again shortly`);
+  }
+}
+
+function lastSign(member: Member): number {
+  return Math.max(member.registeredAt, member.lastHeartbeat ?? 0);
+}
+
+/** Plain code-unit order, the same everywhere (not locale-dependent). */
+export function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

@@ -1,0 +1,71 @@
+/**
+ * `node dist/servers/directory/main.js [flags]`: runs the directory service until SIGINT/SIGTERM.
+ */
+import { COMMON_USAGE, UsageError, parsePositiveInt, parseServiceArgs } from '../../shared/args.js';
+import { createLogger } from '../../shared/log.js';
+import { wsUrl } from '../../shared/protocol.js';
+import { runService } from '../../shared/service.js';
+import { DEFAULT_DOWN_AFTER_MS, DEFAULT_REPLICATION } from './cluster.js';
+import { startDirectory } from './service.js';
+
+const DEFAULT_PORT = 9090;
+const DEFAULT_DATA = 'data/directory';
+const DEFAULT_LOCK_URL = 'ws://127.0.0.1:4040';
+
+const USAGE = `usage: node dist/servers/directory/main.js [flags]
+
+The directory service: maps file names to the file servers holding them (the primary for
+writes, replicas round-robin for reads), in a CSV table under --data, and tracks which file
+servers are up.
+
+flags (here --port defaults to ${DEFAULT_PORT} and --data to ${DEFAULT_DATA}):
+${COMMON_USAGE}
+  --lock URL           the lock service's ws:// URL, handed to clients
+                       (default $DFS_LOCK_URL, else ${DEFAULT_LOCK_URL})
+  --replication N      copies of each new file, primary included (default ${DEFAULT_REPLICATION})
+  --down-after-ms N    a file server silent this long is marked down (default ${DEFAULT_DOWN_AFTER_MS})
+  -h, --help           show this help`;
+
+const args = parseServiceArgs(process.argv.slice(2), {
+  usage: USAGE,
+  defaultPort: DEFAULT_PORT,
+  defaultData: DEFAULT_DATA,
+  extra: {
+    lock: { type: 'string' },
+    replication: { type: 'string' },
+    'down-after-ms': { type: 'string' },
+  },
+});
+
+function settings(): { lockUrl: string; replication: number; downAfterMs: number } {
+  const { values } = args;
+  const lockUrl = typeof values.lock === 'string' ? values.lock : (process.env.DFS_LOCK_URL ?? DEFAULT_LOCK_URL);
+  if (!wsUrl.safeParse(lockUrl).success) throw new UsageError(`--lock must be a ws://host:port URL, not ${JSON.stringify(lockUrl)}`);
+  const replication = typeof values.replication === 'string' ? parsePositiveInt(values.replication, '--replication', 16) : DEFAULT_REPLICATION;
+  const downAfterMs = typeof values['down-after-ms'] === 'string' ? parsePositiveInt(values['down-after-ms'], '--down-after-ms', 3_600_000) : DEFAULT_DOWN_AFTER_MS;
+  return { lockUrl, replication, downAfterMs };
+}
+
+let extra: ReturnType<typeof settings>;
+try {
+  extra = settings();
+} catch (err) {
+  process.stderr.write(`error: ${(err as Error).message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+
+const log = createLogger('directory', args.logLevel);
+
+await runService(log, () =>
+  startDirectory({
+    host: args.host,
+    port: args.port,
+    dataDir: args.data,
+    ...extra,
+    log,
+    onFatal: (err) => {
+      log.error('the file table cannot be saved; exiting so that a restart recovers it from disk', { error: err.message });
+      process.exit(1);
+    },
+  }),
+);

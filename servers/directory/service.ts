@@ -1,0 +1,235 @@
+/**
+ * The directory service: the file table (file-table.ts) and the cluster view (cluster.ts) wired
+ * to an RpcServer. Arguments are checked by the schemas in shared/protocol.ts before a handler
+ * runs; the handlers check what a schema cannot (the file exists, the server holds that copy).
+ */
+import { DfsError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import {
+  directoryOps,
+  type CopyStatus,
+  type HeartbeatResult,
+  type Holding,
+  type HoldingsResult,
+  type InfoResult,
+  type ListResult,
+  type LocateResult,
+  type Placement,
+  type PlacementResult,
+  type RegisterResult,
+  type ServerRef,
+  type ServerStatus,
+  type StatusResult,
+} from '../../shared/protocol.js';
+import { RpcServer, op, type Handlers } from '../../shared/rpc.js';
+import type { RunningService } from '../../shared/service.js';
+import { Cluster, compareIds } from './cluster.js';
+import { FileTable, type FileEntry } from './file-table.js';
+
+export const DEFAULT_LIST_LIMIT = 1000;
+
+export interface DirectoryOptions {
+  host: string;
+  port: number;
+  /** Folder of the file table. */
+  dataDir: string;
+  /** Handed to clients by `info`, so that they need only the directory's URL. */
+  lockUrl: string;
+  replication: number;
+  downAfterMs: number;
+  log: Logger;
+  /** Called if the table can no longer be saved; the process should stop. */
+  onFatal?: (err: Error) => void;
+  /** Table compaction threshold (tests set it low). */
+  compactAfterRows?: number;
+  maxMessageBytes?: number;
+}
+
+export interface DirectoryService extends RunningService {
+  readonly url: string;
+  readonly port: number;
+  readonly table: FileTable;
+  readonly cluster: Cluster;
+}
+
+export async function startDirectory(options: DirectoryOptions): Promise<DirectoryService> {
+  const { log } = options;
+  const table = await FileTable.open(options.dataDir, {
+    log,
+    compactAfterRows: options.compactAfterRows,
+    onFailure: (err) => options.onFatal?.(err),
+  });
+  const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs });
+  const server = new RpcServer({
+    host: options.host,
+    port: options.port,
+    log,
+    maxMessageBytes: options.maxMessageBytes,
+    handlers: directoryHandlers(table, cluster, options),
+  });
+  try {
+    await server.listen();
+  } catch (err) {
+    await table.close();
+    throw err;
+  }
+
+  const sweepTimer = setInterval(() => sweep(cluster, log), Math.max(20, Math.min(250, Math.floor(options.downAfterMs / 4))));
+  log.info('listening', { url: server.url, files: table.size, replication: options.replication, lock: options.lockUrl, downAfterMs: options.downAfterMs });
+
+  let closing: Promise<void> | null = null;
+  return {
+    url: server.url,
+    port: server.port,
+    table,
+    cluster,
+    close() {
+      closing ??= (async () => {
+        clearInterval(sweepTimer);
+        await server.close();
+        await table.close();
+        log.info('file table saved', { files: table.size });
+      })();
+      return closing;
+    },
+  };
+}
+
+function sweep(cluster: Cluster, log: Logger): void {
+  for (const { id, silentMs } of cluster.sweep()) {
+    log.warn('server down', { id, url: cluster.urlOf(id), silentMs, reason: 'no heartbeat' });
+  }
+}
+
+export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions): Handlers {
+  const { log } = options;
+
+  /** The registry's URL wins over the table's: it is what the server said most recently. */
+  const refOf = (id: string): ServerRef => ({ id, url: cluster.urlOf(id) ?? table.urlOf(id) ?? '' });
+
+  const placementOf = (name: string, entry: FileEntry): Placement => ({
+    name,
+    epoch: entry.epoch,
+    primary: refOf(entry.primary),
+    replicas: entry.replicas.map(refOf),
+  });
+
+  const entryOf = (name: string): FileEntry => {
+    const entry = table.get(name);
+    if (!entry) throw new DfsError('NOT_FOUND', `no file named ${name}`);
+    return entry;
+  };
+
+  /** Servers a new file may go to: those registered, and those the table knows but are away. */
+  const knownServers = (): Set<string> => new Set([...cluster.memberIds(), ...table.serverIds()]);
+
+  return {
+    info: op(directoryOps.info, (): InfoResult => ({ lockUrl: options.lockUrl, replication: cluster.replication })),
+
+    create: op(directoryOps.create, async ({ name }): Promise<Placement> => {
+      if (table.has(name)) throw new DfsError('EXISTS', `${name} already exists`);
+      const chosen = cluster.place(knownServers(), (id) => table.loadOf(id));
+      const entry = await table.create(name, refOf(chosen.primary), chosen.replicas.map(refOf));
+      log.debug('created', { name, epoch: entry.epoch, primary: entry.primary, replicas: entry.replicas.join(',') });
+      return placementOf(name, entry);
+    }),
+
+    locate: op(directoryOps.locate, ({ name, for: purpose }): LocateResult => {
+      const entry = entryOf(name);
+      const chosen = purpose === 'write' ? { id: cluster.writer(name, entry), role: 'primary' as const } : cluster.reader(name, entry);
+      return { name, epoch: entry.epoch, server: refOf(chosen.id), role: chosen.role };
+    }),
+
+    placement: op(directoryOps.placement, ({ name }): PlacementResult => {
+      const entry = entryOf(name);
+      const copy = (id: string, role: 'primary' | 'replica'): CopyStatus => ({
+        ...refOf(id),
+        role,
+        up: cluster.isUp(id),
+        inSync: role === 'primary' ? cluster.isUp(id) && !cluster.isSyncing(id) : cluster.isReadable(id, name),
+      });
+      return { ...placementOf(name, entry), copies: [copy(entry.primary, 'primary'), ...entry.replicas.map((id) => copy(id, 'replica'))] };
+    }),
+
+    list: op(directoryOps.list, ({ prefix, after, limit }): ListResult => table.list({ prefix, after, limit: limit ?? DEFAULT_LIST_LIMIT })),
+
+    delete: op(directoryOps.delete, async ({ name }): Promise<Placement> => {
+      const placement = placementOf(name, entryOf(name));
+      const entry = await table.remove(name);
+      cluster.forget(name, entry);
+      log.debug('deleted', { name, epoch: entry.epoch });
+      return placement;
+    }),
+
+    status: op(directoryOps.status, (): StatusResult => {
+      const servers: ServerStatus[] = [...knownServers()].sort(compareIds).map((id) => {
+        const member = cluster.view(id);
+        const load = table.loadOf(id);
+        const up = member?.up ?? false;
+        return {
+          ...refOf(id),
+          state: up ? 'up' : 'down',
+          sync: member?.syncing ? 'syncing' : cluster.behindCount(id) > 0 ? 'behind' : 'in-sync',
+          lastHeartbeat: member?.lastHeartbeat ?? null,
+          files: load.files,
+          primaries: load.primaries,
+          behindFiles: cluster.behindCount(id),
+        };
+      });
+      return { servers, files: table.size, replication: cluster.replication, lockUrl: options.lockUrl };
+    }),
+
+    register: op(directoryOps.register, async ({ id, url }, ctx): Promise<RegisterResult> => {
+      const registration = cluster.register(id, url);
+      ctx.conn.label = id;
+      const held = table.loadOf(id);
+      const event = { new: 'server registered', down: 'server rejoined', up: 'server registered again' }[registration.before];
+      log.info(event, {
+        id,
+        url,
+        files: held.files,
+        primaries: held.primaries,
+        markSeq: registration.markSeq,
+      });
+      const tableUrl = table.urlOf(id);
+      if (tableUrl !== undefined && tableUrl !== url) {
+        const rows = await table.setServerUrl(id, url);
+        log.info('server moved; its rows now carry the new URL', { id, from: tableUrl, to: url, rows });
+      }
+      return { heartbeatMs: cluster.heartbeatMs, markSeq: registration.markSeq };
+    }),
+
+    heartbeat: op(directoryOps.heartbeat, ({ id }): HeartbeatResult => {
+      // A server silent past the limit is marked down (and logged) before its heartbeat is refused.
+      sweep(cluster, log);
+      return cluster.heartbeat(id);
+    }),
+
+    holdings: op(directoryOps.holdings, ({ id, after, limit }): HoldingsResult => {
+      const { copies, more } = table.holdings(id, { after, limit: limit ?? DEFAULT_LIST_LIMIT });
+      return {
+        copies: copies.map(({ name, entry, role }): Holding => ({ name, epoch: entry.epoch, role, primary: refOf(entry.primary), replicas: entry.replicas.map(refOf) })),
+        more,
+      };
+    }),
+
+    synced: op(directoryOps.synced, ({ id, upTo, behind }) => {
+      sweep(cluster, log);
+      // Only replica copies can be behind: reads fall back to a primary whatever its marks.
+      const holdsReplica = (name: string) => table.get(name)?.replicas.includes(id) ?? false;
+      const outcome = cluster.synced(id, upTo, behind, holdsReplica);
+      log.info('server synced', { id, upTo, cleared: outcome.cleared, stillBehind: cluster.behindCount(id), ignored: outcome.ignored || undefined });
+      return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
+    }),
+
+    behind: op(directoryOps.behind, ({ name, id }) => {
+      const entry = entryOf(name);
+      if (entry.primary === id) throw new DfsError('BAD_REQUEST', `server ${id} is the primary of ${name}; only a replica can be behind it`);
+      if (!entry.replicas.includes(id)) throw new DfsError('NOT_FOUND', `server ${id} holds no copy of ${name}`);
+      const { seq, fresh } = cluster.markBehind(name, id);
+      if (fresh) log.info('copy marked behind', { name, id, seq, behindFiles: cluster.behindCount(id) });
+      else log.debug('copy marked behind again', { name, id, seq });
+      return { markSeq: seq };
+    }),
+  } satisfies Record<keyof typeof directoryOps, unknown>;
+}

@@ -1,0 +1,308 @@
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { copyFile, mkdir, readFile, readdir, writeFile, appendFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse } from 'csv-parse/sync';
+import { FileTable, type FileEntry } from '../servers/directory/file-table.js';
+import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, SNAPSHOT_FILE } from '../servers/directory/table-format.js';
+import { DfsError } from '../shared/errors.js';
+import { createLogger, type Logger } from '../shared/log.js';
+import { removeDir, tempDir } from './helpers/process.js';
+
+const test = suite('file-table');
+
+const fs1 = { id: 'fs1', url: 'ws://127.0.0.1:12001' };
+const fs2 = { id: 'fs2', url: 'ws://127.0.0.1:12002' };
+const fs3 = { id: 'fs3', url: 'ws://127.0.0.1:12003' };
+
+const dirs: string[] = [];
+const open: FileTable[] = [];
+
+async function freshDir(): Promise<string> {
+  const dir = await tempDir('dfs-table-');
+  dirs.push(dir);
+  return dir;
+}
+
+function recordingLog(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return Object.assign(createLogger('table', 'debug', (line) => lines.push(line)), { lines });
+}
+
+async function openTable(dir: string, options: Parameters<typeof FileTable.open>[1] = {}): Promise<FileTable> {
+  const table = await FileTable.open(dir, options);
+  open.push(table);
+  return table;
+}
+
+/** What a kill -9 would leave: the table's files as they are on disk right now, in another folder. */
+async function crashImage(dir: string): Promise<string> {
+  const image = await freshDir();
+  for (const file of await readdir(dir)) await copyFile(join(dir, file), join(image, file));
+  return image;
+}
+
+function contents(table: FileTable): Record<string, FileEntry> {
+  const out: Record<string, FileEntry> = {};
+  for (const name of table.list({ limit: 10_000 }).names) {
+    const entry = table.get(name)!;
+    out[name] = { epoch: entry.epoch, primary: entry.primary, replicas: [...entry.replicas] };
+  }
+  return out;
+}
+
+const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.code);
+
+test.after(async () => {
+  for (const table of open) await table.close().catch(() => {});
+  for (const dir of dirs) await removeDir(dir);
+});
+
+test('add, look up, remove; EXISTS and NOT_FOUND; per-server counts', async () => {
+  const table = await openTable(await freshDir());
+  const entry = await table.create('notes/a.txt', fs1, [fs2, fs3]);
+  assert.equal({ ...entry, replicas: [...entry.replicas] }, { epoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] });
+  await table.create('notes/b.txt', fs2, [fs1]);
+  assert.is(table.size, 2);
+  assert.is(table.rows, 5);
+  assert.equal(table.loadOf('fs1'), { files: 2, primaries: 1 });
+  assert.equal(table.loadOf('fs3'), { files: 1, primaries: 0 });
+  assert.is(await codeOf(table.create('notes/a.txt', fs3, [])), 'EXISTS');
+  assert.is(table.get('notes/a.txt')?.primary, 'fs1');
+  const removed = await table.remove('notes/a.txt');
+  assert.is(removed.epoch, 1);
+  assert.is(table.get('notes/a.txt'), undefined);
+  assert.is(await codeOf(table.remove('notes/a.txt')), 'NOT_FOUND');
+  assert.equal(table.loadOf('fs3'), { files: 0, primaries: 0 });
+  assert.equal([...table.serverIds()].sort(), ['fs1', 'fs2']);
+});
+
+test('list and holdings: sorted, paginated, prefix-filtered', async () => {
+  const table = await openTable(await freshDir());
+  for (const name of ['b/2', 'a/1', 'b/1', 'c', 'a/2', 'b/3']) await table.create(name, name.startsWith('b') ? fs2 : fs1, [fs3]);
+  assert.equal(table.list({ limit: 100 }), { names: ['a/1', 'a/2', 'b/1', 'b/2', 'b/3', 'c'], more: false });
+  assert.equal(table.list({ limit: 2 }), { names: ['a/1', 'a/2'], more: true });
+  assert.equal(table.list({ limit: 2, after: 'a/2' }), { names: ['b/1', 'b/2'], more: true });
+  assert.equal(table.list({ limit: 10, prefix: 'b/' }), { names: ['b/1', 'b/2', 'b/3'], more: false });
+  assert.equal(table.list({ limit: 1, prefix: 'b/', after: 'b/1' }), { names: ['b/2'], more: true });
+  assert.equal(table.list({ limit: 10, prefix: 'b/', after: 'a' }), { names: ['b/1', 'b/2', 'b/3'], more: false });
+  assert.equal(table.list({ limit: 10, prefix: 'zzz' }), { names: [], more: false });
+  await table.remove('b/2');
+  await table.create('a/0', fs1, [fs2]);
+  assert.equal(table.list({ limit: 100 }).names, ['a/0', 'a/1', 'a/2', 'b/1', 'b/3', 'c']);
+  const page = table.holdings('fs2', { limit: 2 });
+  assert.equal(page.copies.map((c) => [c.name, c.role]), [['a/0', 'replica'], ['b/1', 'primary']]);
+  assert.is(page.more, true);
+  assert.equal(table.holdings('fs2', { limit: 2, after: 'b/1' }).copies.map((c) => c.name), ['b/3']);
+  assert.equal(table.holdings('nobody', { limit: 2 }), { copies: [], more: false });
+});
+
+test('survives a clean reopen, and a crash image with everything acknowledged', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await Promise.all(Array.from({ length: 50 }, (_, i) => table.create(`f${i}`, [fs1, fs2][i % 2]!, [fs3])));
+  await table.remove('f7');
+  const expected = contents(table);
+  const crashed = await openTable(await crashImage(dir));
+  assert.equal(contents(crashed), expected);
+  await table.close();
+  const reopened = await openTable(dir);
+  assert.equal(contents(reopened), expected);
+  assert.is(reopened.journalLength, 0);
+  assert.equal(await readFile(join(dir, JOURNAL_FILE), 'utf8'), JOURNAL_HEADER);
+});
+
+test('many concurrent creates share fsyncs and all become durable', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  const created = await Promise.all(Array.from({ length: 500 }, (_, i) => table.create(`burst/${i}`, fs1, [fs2, fs3])));
+  assert.equal(new Set(created.map((e) => e.epoch)).size, 500);
+  const journal = await readFile(join(dir, JOURNAL_FILE), 'utf8');
+  assert.is(journal.split('\n').filter((line) => line.startsWith('add,burst/')).length, 1500);
+});
+
+test('a torn or damaged journal tail is skipped, and the table still loads', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('kept.txt', fs1, [fs2]);
+  const image = await crashImage(dir);
+  // A create cut short: one replica row landed, the primary row only half.
+  await appendFile(join(image, JOURNAL_FILE), 'add,lost.txt,fs2,ws://127.0.0.1:12002,replica,2\nadd,lost.txt,fs1,ws://127.0.0.1:12');
+  const log = recordingLog();
+  const loaded = await openTable(image, { log });
+  assert.equal(loaded.list({ limit: 10 }).names, ['kept.txt']);
+  assert.ok(log.lines.some((l) => l.includes('skipped a damaged journal line')));
+  assert.ok(log.lines.some((l) => l.includes('dropped a file whose create was cut short') && l.includes('lost.txt')));
+  // Garbage from a crash in the middle of a write (zeros, a stray quote) does not hide later lines.
+  const image2 = await crashImage(dir);
+  await appendFile(join(image2, JOURNAL_FILE), '\0\0\0\0\n"broken,\nadd,late.txt,fs2,ws://127.0.0.1:12002,primary,9\n');
+  const loaded2 = await openTable(image2, { log: recordingLog() });
+  assert.equal(loaded2.list({ limit: 10 }).names, ['kept.txt', 'late.txt']);
+  assert.ok(loaded2.lastIssuedEpoch >= 9);
+});
+
+test('replaying the journal over a snapshot that already holds it changes nothing', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('a', fs1, [fs2, fs3]);
+  await table.create('b', fs2, [fs3, fs1]);
+  await table.remove('a');
+  await table.create('a', fs3, [fs1]); // re-created: a newer epoch
+  await table.setServerUrl('fs1', 'ws://127.0.0.1:13001');
+  await table.create('c', { id: 'fs1', url: 'ws://127.0.0.1:13001' }, [fs2]);
+  await table.remove('c');
+  const expected = contents(table);
+  const image = await crashImage(dir);
+  const oldJournal = await readFile(join(image, JOURNAL_FILE), 'utf8');
+  // Loading compacts: new snapshot, empty journal. Then put the old journal back, as if the
+  // crash came between renaming the new snapshot and emptying the journal.
+  const first = await openTable(image);
+  assert.equal(contents(first), expected);
+  await first.close();
+  await writeFile(join(image, JOURNAL_FILE), oldJournal);
+  const second = await openTable(image);
+  assert.equal(contents(second), expected);
+  assert.is(second.urlOf('fs1'), 'ws://127.0.0.1:13001');
+  // And twice over.
+  await second.close();
+  await writeFile(join(image, JOURNAL_FILE), oldJournal + oldJournal.split('\n').slice(1).join('\n'));
+  const third = await openTable(image);
+  assert.equal(contents(third), expected);
+});
+
+test('compaction keeps the journal short, the snapshot whole, and changes made meanwhile', async () => {
+  const dir = await freshDir();
+  const log = recordingLog();
+  const table = await openTable(dir, { compactAfterRows: 30, log });
+  await Promise.all(Array.from({ length: 10 }, (_, i) => table.create(`keep/${i}`, fs1, [fs2, fs3])));
+  // Churn: the journal grows by 4 rows per create+delete while the table stays the same size.
+  for (let round = 0; round < 20; round++) {
+    await Promise.all(Array.from({ length: 5 }, (_, i) => table.create(`churn/${round}/${i}`, fs2, [fs1, fs3])));
+    await Promise.all(Array.from({ length: 5 }, (_, i) => table.remove(`churn/${round}/${i}`)));
+    assert.ok(table.journalLength <= Math.max(30, table.rows) + 20, `journal has ${table.journalLength} rows`);
+  }
+  await table.flush();
+  assert.ok(log.lines.filter((l) => l.includes('table compacted')).length >= 5);
+  const expected = contents(table);
+  assert.is(Object.keys(expected).length, 10);
+  const snapshot = parse(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), { columns: true }) as Array<Record<string, string>>;
+  assert.ok(snapshot.length > 0 && snapshot.every((row) => Object.keys(row).join(',') === 'name,server_id,server_url,role,epoch'));
+  // Creates racing an explicit compaction are durable once acknowledged.
+  const racing = Promise.all(Array.from({ length: 20 }, (_, i) => table.create(`race/${i}`, fs2, [fs1])));
+  await Promise.all([table.compact(), racing]);
+  const image = await crashImage(dir);
+  assert.equal(contents(await openTable(image)), contents(table));
+});
+
+test('epochs only grow: across deletes, compactions and restarts', async () => {
+  const dir = await freshDir();
+  let table = await openTable(dir);
+  const a = await table.create('a', fs1, []);
+  const b = await table.create('b', fs1, []);
+  await table.remove('b');
+  await table.remove('a');
+  await table.compact(); // the table is empty now: no row remembers epoch 2
+  await table.close();
+  table = await openTable(dir);
+  const c = await table.create('c', fs1, []);
+  assert.ok(c.epoch > b.epoch && b.epoch > a.epoch, `epochs ${a.epoch}, ${b.epoch}, ${c.epoch}`);
+  await table.remove('c');
+  // Crash without compaction: the epoch is known from the journal's remove row.
+  table = await openTable(await crashImage(dir));
+  const d = await table.create('c', fs1, []);
+  assert.ok(d.epoch > c.epoch);
+  assert.is(Number((await readFile(join(dir, EPOCH_FILE), 'utf8')).trim()) >= b.epoch, true);
+});
+
+test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank epochs, a role changed', async () => {
+  const dir = await freshDir();
+  await writeFile(
+    join(dir, SNAPSHOT_FILE),
+    [
+      '\ufeffrole, name, epoch, server_id, server_url',
+      'Primary, notes/today.txt, 7, fs2, ws://127.0.0.1:12002',
+      'replica, notes/today.txt, , fs1, ws://127.0.0.1:12001',
+      '',
+      'primary,"report, final.txt",,fs3,ws://127.0.0.1:12003',
+      'replica,"report, final.txt",,fs1,ws://127.0.0.1:12001',
+      '',
+    ].join('\r\n'),
+  );
+  const log = recordingLog();
+  const table = await openTable(dir, { log });
+  assert.equal(table.list({ limit: 10 }).names, ['notes/today.txt', 'report, final.txt']);
+  assert.equal(table.get('notes/today.txt'), { epoch: 7, primary: 'fs2', replicas: ['fs1'] });
+  assert.is(table.get('report, final.txt')?.epoch, 8);
+  assert.ok(log.lines.some((l) => l.includes('gave a hand-added file a fresh epoch')));
+  const created = await table.create('next.txt', fs1, []);
+  assert.is(created.epoch, 9);
+  await table.close();
+  // The rewritten snapshot is clean, sorted, and in the standard column order.
+  const text = await readFile(join(dir, SNAPSHOT_FILE), 'utf8');
+  assert.is(
+    text,
+    [
+      'name,server_id,server_url,role,epoch',
+      'next.txt,fs1,ws://127.0.0.1:12001,primary,9',
+      'notes/today.txt,fs2,ws://127.0.0.1:12002,primary,7',
+      'notes/today.txt,fs1,ws://127.0.0.1:12001,replica,7',
+      '"report, final.txt",fs3,ws://127.0.0.1:12003,primary,8',
+      '"report, final.txt",fs1,ws://127.0.0.1:12001,replica,8',
+      '',
+    ].join('\n'),
+  );
+});
+
+test('a snapshot with a mistake is refused with the line and what is wrong', async () => {
+  const cases: Array<[string, RegExp]> = [
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primay,1\n', /line 2: role must be "primary" or "replica"/],
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\n../x,fs1,ws://h:1,primary,1\n', /line 3: bad file name/],
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\na.txt,fs2,ws://h:2,primary,1\n', /line 3: a.txt has two primary rows/],
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,replica,1\n', /line 2: a.txt has no primary row/],
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\na.txt,fs2,ws://h:2,replica,2\n', /line 3: a.txt has rows with epochs 1 and 2/],
+    ['name,server,server_url,role,epoch\n', /unknown column "server"/],
+    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1,extra\n', /line 2: expected 5 values/],
+  ];
+  for (const [text, pattern] of cases) {
+    const dir = await freshDir();
+    await writeFile(join(dir, SNAPSHOT_FILE), text);
+    const err = await FileTable.open(dir).then(
+      (t) => {
+        open.push(t);
+        return null;
+      },
+      (e: Error) => e,
+    );
+    assert.ok(err, `expected ${JSON.stringify(text)} to be refused`);
+    assert.match(err!.message, pattern);
+    assert.match(err!.message, /file_table\.csv/);
+    // Refusing changed nothing on disk.
+    assert.is(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), text);
+  }
+});
+
+test('a server URL change is written to its rows and survives a restart', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('x', fs1, [fs2]);
+  await table.create('y', fs2, [fs3]);
+  assert.is(await table.setServerUrl('fs2', 'ws://10.0.0.2:12002'), 2);
+  assert.is(await table.setServerUrl('fs2', 'ws://10.0.0.2:12002'), 0);
+  const reopened = await openTable(await crashImage(dir));
+  assert.is(reopened.urlOf('fs2'), 'ws://10.0.0.2:12002');
+  assert.is(reopened.urlOf('fs1'), fs1.url);
+});
+
+test('prefill writes a big table quickly that loads and goes on issuing epochs', async () => {
+  const dir = await freshDir();
+  await mkdir(dir, { recursive: true });
+  await FileTable.prefill(dir, { files: 20_000, servers: [fs1, fs2, fs3, { id: 'fs4', url: 'ws://127.0.0.1:12004' }], replication: 3 });
+  const table = await openTable(dir);
+  assert.is(table.size, 20_000);
+  assert.is(table.rows, 60_000);
+  assert.equal(table.loadOf('fs1'), { files: 15_000, primaries: 5_000 });
+  const next = await table.create('one-more', fs1, [fs2]);
+  assert.is(next.epoch, 20_001);
+});
+
+test.run();
