@@ -1,0 +1,542 @@
+/**
+ * The client library: one directory URL in, files out. A DfsClient holds a session with the
+ * directory and the lock service, connections to the file servers it talks to, and a cache.
+ *
+ * - Reads go to a replica the directory picks (round-robin), sending the cached version; an
+ *   unchanged file comes back as NOT_MODIFIED, with no content.
+ * - Writes go to the file's primary with the fencing token of the file's lock; a write without
+ *   a lock held takes and releases one itself. After the write is acknowledged the cache holds
+ *   the new content (write-through), so a client always reads its own writes.
+ * - Transient failures (a copy down, a connection lost) are retried with backoff on another
+ *   copy within a bounded time. A retried write carries the same request id, so a write whose
+ *   answer was lost is not applied twice.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { open, stat as statFile } from 'node:fs/promises';
+import { hostname, userInfo } from 'node:os';
+import { DfsError, isTransient, toDfsError } from '../shared/errors.js';
+import { assertValidName } from '../shared/names.js';
+import { silentLogger, type Logger } from '../shared/log.js';
+import { ConnectionPool } from '../shared/pool.js';
+import {
+  INLINE_CONTENT_BYTES,
+  type AcquireResult,
+  type InfoResult,
+  type ListResult,
+  type LocateResult,
+  type LockStatusResult,
+  type Placement,
+  type PlacementResult,
+  type QueuedEvent,
+  type ReadResult,
+  type StatusResult,
+  type WriteMode,
+  type WriteResult,
+  type FileMeta,
+  type FileServerStatus,
+} from '../shared/protocol.js';
+import { checkUrl, type RpcConnection, type Response } from '../shared/rpc.js';
+import { ContentCache, type CachedFile } from './cache.js';
+
+export interface DfsClientOptions {
+  /** Shown to other clients as the holder of this client's locks (default user@host:pid). */
+  clientName?: string;
+  /** Bytes of file content the cache may hold (default 64 MiB). */
+  cacheBytes?: number;
+  /** How long a write waits for the file's lock by default (default 30 s). */
+  lockTimeoutMs?: number;
+  /** Total time spent retrying one operation across copies (default 15 s). */
+  retryBudgetMs?: number;
+  log?: Logger;
+}
+
+export interface ReadOutcome extends FileMeta {
+  content: Buffer;
+  /** `cache`: the server confirmed the cached version is current and sent no content. */
+  source: 'cache' | 'server';
+  /** The server that answered. */
+  server: string;
+}
+
+export interface StatOutcome extends FileMeta {
+  primary: string;
+  copies: PlacementResult['copies'];
+}
+
+export interface LockHandle {
+  name: string;
+  token: number;
+  release(): Promise<void>;
+}
+
+export interface LockOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Called with the place in line while waiting (1 = next). */
+  onQueued?: (event: QueuedEvent) => void;
+}
+
+export interface WriteOptions {
+  /** Wait this long for the lock when the client does not hold it already. */
+  lockTimeoutMs?: number;
+  onQueued?: (event: QueuedEvent) => void;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ClusterStatus extends StatusResult {
+  locks: LockStatusResult['locks'] | null;
+}
+
+interface WriteTarget {
+  epoch: number;
+  primaryUrl: string;
+}
+
+/** A content source that can be opened again, so a write can be retried. */
+type ContentSource = { kind: 'buffer'; content: Buffer } | { kind: 'stream'; size: number; open: () => AsyncIterable<Buffer> };
+
+const sha256 = (content: Buffer) => createHash('sha256').update(content).digest('hex');
+
+function defaultClientName(): string {
+  let user = 'user';
+  try {
+    user = userInfo().username;
+  } catch {
+    // no passwd entry; keep the default
+  }
+  return `${user}@${hostname()}:${process.pid}`;
+}
+
+export class DfsClient {
+  readonly directoryUrl: string;
+  readonly clientName: string;
+  readonly cache: ContentCache;
+  private readonly pool: ConnectionPool;
+  private readonly log: Logger;
+  private readonly lockTimeoutMs: number;
+  private readonly retryBudgetMs: number;
+  private lockUrl: string | null = null;
+  private readonly held = new Map<string, { token: number; conn: RpcConnection }>();
+  private readonly writeTargets = new Map<string, WriteTarget>();
+  private closed = false;
+
+  private constructor(directoryUrl: string, options: DfsClientOptions) {
+    this.directoryUrl = directoryUrl;
+    this.clientName = options.clientName ?? defaultClientName();
+    this.cache = new ContentCache(options.cacheBytes ?? 64 << 20);
+    this.log = options.log ?? silentLogger;
+    this.lockTimeoutMs = options.lockTimeoutMs ?? 30_000;
+    this.retryBudgetMs = options.retryBudgetMs ?? 15_000;
+    this.pool = new ConnectionPool({
+      connectTimeoutMs: 5000,
+      log: this.log,
+      onConnect: async (conn, url) => {
+        if (url === this.lockUrl) {
+          await conn.call('hello', { client: this.clientName.slice(0, 64) });
+          conn.onClose(() => {
+            for (const [name, lock] of this.held) if (lock.conn === conn) this.held.delete(name);
+          });
+        }
+      },
+    });
+  }
+
+  /** Connects to a cluster through its directory. UNAVAILABLE if the directory cannot be reached. */
+  static async connect(directoryUrl: string, options: DfsClientOptions = {}): Promise<DfsClient> {
+    checkUrl(directoryUrl);
+    const client = new DfsClient(directoryUrl, options);
+    try {
+      await client.directory();
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+    return client;
+  }
+
+  // ------------------------------------------------------------ connections and retries
+
+  private async directory(): Promise<RpcConnection> {
+    const conn = await this.pool.get(this.directoryUrl);
+    if (!this.lockUrl) {
+      const info = (await conn.call('info', {})).result as InfoResult;
+      this.lockUrl = info.lockUrl;
+    }
+    return conn;
+  }
+
+  private async lockService(): Promise<RpcConnection> {
+    if (!this.lockUrl) await this.directory();
+    return this.pool.get(this.lockUrl as string);
+  }
+
+  private async callDirectory(op: string, args: unknown): Promise<unknown> {
+    return this.retrying(`${op}`, async () => (await (await this.directory()).call(op, args)).result);
+  }
+
+  /** Runs attempt until it succeeds, fails for good, or the retry budget is spent. */
+  private async retrying<T>(what: string, attempt: (tries: number) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    if (this.closed) throw new DfsError('CLOSED', 'this client is closed');
+    const deadline = Date.now() + this.retryBudgetMs;
+    let delay = 25;
+    for (let tries = 0; ; tries++) {
+      try {
+        return await attempt(tries);
+      } catch (err) {
+        const error = toDfsError(err);
+        if (!isTransient(error) || Date.now() + delay > deadline || signal?.aborted || this.closed) {
+          if (isTransient(error) && tries > 0) throw new DfsError(error.code, `${error.message} (gave up on ${what} after ${tries + 1} tries)`, error.details);
+          throw error;
+        }
+        this.log.debug('retrying', { what, error: error.message, delayMs: delay });
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ names
+
+  async create(name: string): Promise<Placement> {
+    assertValidName(name);
+    const conn = await this.retrying('create', () => this.directory());
+    // create is not idempotent, so it is not retried once sent: EXISTS would hide a success.
+    const placement = (await conn.call('create', { name })).result as Placement;
+    this.writeTargets.set(name, { epoch: placement.epoch, primaryUrl: placement.primary.url });
+    this.cache.delete(name);
+    return placement;
+  }
+
+  async list(prefix?: string): Promise<string[]> {
+    const names: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const args: Record<string, unknown> = { limit: 10_000 };
+      if (prefix) args.prefix = prefix;
+      if (after !== undefined) args.after = after;
+      const page = (await this.callDirectory('list', args)) as ListResult;
+      names.push(...page.names);
+      if (!page.more || page.names.length === 0) return names;
+      after = page.names[page.names.length - 1];
+    }
+  }
+
+  async status(): Promise<ClusterStatus> {
+    const status = (await this.callDirectory('status', {})) as StatusResult;
+    let locks: ClusterStatus['locks'] = null;
+    try {
+      locks = ((await (await this.lockService()).call('status', {})).result as LockStatusResult).locks;
+    } catch {
+      locks = null; // the lock service is down; say so rather than fail the whole status
+    }
+    return { ...status, locks };
+  }
+
+  /** Per-server counters of one file server (for tests and the status view). */
+  async serverStatus(url: string): Promise<FileServerStatus> {
+    return (await (await this.pool.get(url)).call('status', {})).result as FileServerStatus;
+  }
+
+  async stat(name: string): Promise<StatOutcome> {
+    assertValidName(name);
+    return this.retrying('stat', async () => {
+      const placement = (await (await this.directory()).call('placement', { name })).result as PlacementResult;
+      const loc = (await (await this.directory()).call('locate', { name, for: 'read' })).result as LocateResult;
+      const meta = (await (await this.pool.get(loc.server.url)).call('stat', { name })).result as FileMeta;
+      return { ...meta, primary: placement.primary.id, copies: placement.copies };
+    });
+  }
+
+  // ------------------------------------------------------------ locks
+
+  async lock(name: string, options: LockOptions = {}): Promise<LockHandle> {
+    assertValidName(name);
+    const timeoutMs = options.timeoutMs ?? this.lockTimeoutMs;
+    const conn = await this.retrying('lock', () => this.lockService(), options.signal);
+    const res = await conn.call(
+      'acquire',
+      { name, timeoutMs },
+      {
+        timeoutMs: timeoutMs + 5000,
+        signal: options.signal,
+        onEvent: (ev, data) => {
+          if (ev === 'queued') options.onQueued?.(data as QueuedEvent);
+        },
+        // A grant that crosses our cancel in flight is handed back at once.
+        onLateResult: (result) => void conn.call('release', { name, token: (result as AcquireResult).token }).catch(() => {}),
+      },
+    );
+    const { token } = res.result as AcquireResult;
+    this.held.set(name, { token, conn });
+    return { name, token, release: () => this.unlock(name) };
+  }
+
+  async unlock(name: string): Promise<void> {
+    assertValidName(name);
+    const lock = this.held.get(name);
+    if (!lock) throw new DfsError('NOT_HOLDER', `this client does not hold the lock on ${name}`);
+    this.held.delete(name);
+    if (lock.conn.closed) return; // the session ended, and with it the lock
+    await lock.conn.call('release', { name, token: lock.token });
+  }
+
+  holds(name: string): boolean {
+    const lock = this.held.get(name);
+    return lock !== undefined && !lock.conn.closed;
+  }
+
+  /** Runs fn holding the lock on name, releasing it afterwards whatever happens. */
+  async withLock<T>(name: string, fn: (lock: LockHandle) => Promise<T>, options: LockOptions = {}): Promise<T> {
+    const lock = await this.lock(name, options);
+    try {
+      return await fn(lock);
+    } finally {
+      await lock.release().catch((err: unknown) => this.log.debug('release failed', { name, error: toDfsError(err).message }));
+    }
+  }
+
+  // ------------------------------------------------------------ reads
+
+  /** Reads a whole file, from the cache when the server confirms it is current. */
+  async read(name: string): Promise<ReadOutcome> {
+    assertValidName(name);
+    return this.retrying('read', async () => {
+      const loc = (await (await this.directory()).call('locate', { name, for: 'read' }).catch((err: unknown) => {
+        if (err instanceof DfsError && err.code === 'NOT_FOUND') this.forget(name);
+        throw err;
+      })).result as LocateResult;
+      const cached = this.cache.get(name);
+      const args: Record<string, unknown> = { name };
+      if (cached && cached.epoch === loc.epoch) {
+        args.ifEpoch = cached.epoch;
+        args.ifVersion = cached.version;
+      }
+      const conn = await this.pool.get(loc.server.url);
+      const res = await conn.call('read', args);
+      const meta = res.result as ReadResult;
+      if (meta.notModified && cached) return { ...metaOf(cached), content: cached.content, source: 'cache', server: loc.server.id };
+      const content = await bodyOf(res, meta.size);
+      if (sha256(content) !== meta.sha256) throw new DfsError('UNAVAILABLE', `content of ${name} from ${loc.server.id} failed its checksum; trying another copy`);
+      const entry: CachedFile = { ...metaOf(meta), content };
+      this.cache.set(entry);
+      return { ...metaOf(meta), content, source: 'server', server: loc.server.id };
+    });
+  }
+
+  /**
+   * Streams a file of any size without holding it in memory (and without caching it). The
+   * sha256 is checked as the content passes; a mismatch fails the stream at its end.
+   */
+  async readStream(name: string): Promise<{ meta: FileMeta; server: string; stream: AsyncIterable<Buffer> }> {
+    assertValidName(name);
+    return this.retrying('read', async () => {
+      const loc = (await (await this.directory()).call('locate', { name, for: 'read' })).result as LocateResult;
+      const conn = await this.pool.get(loc.server.url);
+      const res = await conn.call('read', { name });
+      const meta = metaOf(res.result as ReadResult);
+      async function* verified(): AsyncIterable<Buffer> {
+        const hash = createHash('sha256');
+        let size = 0;
+        if (res.stream) {
+          for await (const chunk of res.stream) {
+            hash.update(chunk);
+            size += chunk.length;
+            yield chunk;
+          }
+        } else if (res.body) {
+          hash.update(res.body);
+          size = res.body.length;
+          yield res.body;
+        }
+        if (size !== meta.size || hash.digest('hex') !== meta.sha256) throw new DfsError('CHECKSUM', `content of ${name} from ${loc.server.id} does not match its sha256`);
+      }
+      return { meta, server: loc.server.id, stream: verified() };
+    });
+  }
+
+  /** Copies a file to a local path, whatever its size; the local file is replaced only when whole and verified. */
+  async readToFile(name: string, path: string, onProgress?: (done: number, total: number) => void): Promise<FileMeta> {
+    const { rename, unlink } = await import('node:fs/promises');
+    const temp = `${path}.dfs-${process.pid}.tmp`;
+    const { meta, stream } = await this.readStream(name);
+    const handle = await open(temp, 'w');
+    try {
+      let done = 0;
+      for await (const chunk of stream) {
+        await handle.write(chunk);
+        done += chunk.length;
+        onProgress?.(done, meta.size);
+      }
+      await handle.sync();
+      await handle.close();
+      await rename(temp, path);
+      return meta;
+    } catch (err) {
+      await handle.close().catch(() => {});
+      await unlink(temp).catch(() => {});
+      throw err;
+    }
+  }
+
+  // ------------------------------------------------------------ writes
+
+  /** Replaces a file's content. */
+  write(name: string, content: Buffer | string, options: WriteOptions = {}): Promise<WriteResult> {
+    const buffer = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+    return this.writeSource(name, 'replace', { kind: 'buffer', content: buffer }, options);
+  }
+
+  /** Appends to a file. A retried append is applied once. */
+  append(name: string, content: Buffer | string, options: WriteOptions = {}): Promise<WriteResult> {
+    const buffer = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+    return this.writeSource(name, 'append', { kind: 'buffer', content: buffer }, options);
+  }
+
+  /** Writes a local file's content (any size, streamed) as the file's new content, or appends it. */
+  async writeFromFile(name: string, path: string, options: WriteOptions & { mode?: WriteMode } = {}): Promise<WriteResult> {
+    const { size } = await statFile(path);
+    const source: ContentSource =
+      size <= INLINE_CONTENT_BYTES
+        ? { kind: 'buffer', content: await (await import('node:fs/promises')).readFile(path) }
+        : { kind: 'stream', size, open: () => createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer> };
+    return this.writeSource(name, options.mode ?? 'replace', source, options);
+  }
+
+  /** Writes content produced by `open` (called again on a retry), of a known size. */
+  writeStream(name: string, size: number, open: () => AsyncIterable<Buffer>, options: WriteOptions & { mode?: WriteMode } = {}): Promise<WriteResult> {
+    return this.writeSource(name, options.mode ?? 'replace', { kind: 'stream', size, open }, options);
+  }
+
+  async delete(name: string, options: WriteOptions = {}): Promise<void> {
+    assertValidName(name);
+    await this.underLock(name, options, async (token) => {
+      await this.retrying('delete', async () => {
+        const target = await this.writeTarget(name);
+        try {
+          await (await this.pool.get(target.primaryUrl)).call('delete', { name, epoch: target.epoch, token });
+        } catch (err) {
+          this.onWriteError(name, err);
+        }
+      });
+    });
+    this.forget(name);
+  }
+
+  private async writeSource(name: string, mode: WriteMode, source: ContentSource, options: WriteOptions): Promise<WriteResult> {
+    assertValidName(name);
+    const requestId = randomUUID();
+    return this.underLock(name, options, (token) => this.writeWithToken(name, mode, source, token, requestId, options));
+  }
+
+  /** Runs fn with the fencing token of name's lock: the one held, or one taken for the call. */
+  private async underLock<T>(name: string, options: WriteOptions, fn: (token: number) => Promise<T>): Promise<T> {
+    const held = this.held.get(name);
+    if (held) {
+      if (held.conn.closed) {
+        this.held.delete(name);
+        throw new DfsError('NOT_HOLDER', `the lock on ${name} was lost when the connection to the lock service dropped; lock it again`);
+      }
+      return fn(held.token);
+    }
+    const lockOptions: LockOptions = { timeoutMs: options.lockTimeoutMs ?? this.lockTimeoutMs };
+    if (options.onQueued) lockOptions.onQueued = options.onQueued;
+    if (options.signal) lockOptions.signal = options.signal;
+    return this.withLock(name, (lock) => fn(lock.token), lockOptions);
+  }
+
+  private async writeTarget(name: string): Promise<WriteTarget> {
+    const known = this.writeTargets.get(name);
+    if (known) return known;
+    const loc = (await (await this.directory()).call('locate', { name, for: 'write' })).result as LocateResult;
+    const target = { epoch: loc.epoch, primaryUrl: loc.server.url };
+    this.writeTargets.set(name, target);
+    return target;
+  }
+
+  /** Drops what a failed write says is out of date, and rethrows. */
+  private onWriteError(name: string, err: unknown): never {
+    const error = toDfsError(err);
+    if (error.code === 'NOT_PRIMARY' || error.code === 'NOT_FOUND' || isTransient(error)) this.writeTargets.delete(name);
+    if (error.code === 'NOT_PRIMARY') throw new DfsError('UNAVAILABLE', error.message); // relocate and retry
+    throw error;
+  }
+
+  private async writeWithToken(name: string, mode: WriteMode, source: ContentSource, token: number, requestId: string, options: WriteOptions): Promise<WriteResult> {
+    const size = source.kind === 'buffer' ? source.content.length : source.size;
+    const result = await this.retrying(
+      mode,
+      async () => {
+        const target = await this.writeTarget(name);
+        const args: Record<string, unknown> = { name, epoch: target.epoch, token, mode, size, requestId };
+        try {
+          const conn = await this.pool.get(target.primaryUrl);
+          if (source.kind === 'buffer') {
+            args.sha256 = sha256(source.content);
+            if (size <= INLINE_CONTENT_BYTES) return (await conn.call('write', args, { body: source.content, timeoutMs: 60_000 })).result as WriteResult;
+            return (await conn.call('write', args, { stream: progress(chunked(source.content), size, options.onProgress), timeoutMs: 120_000 })).result as WriteResult;
+          }
+          return (await conn.call('write', args, { stream: progress(source.open(), size, options.onProgress), timeoutMs: 120_000 })).result as WriteResult;
+        } catch (err) {
+          return this.onWriteError(name, err);
+        }
+      },
+      options.signal,
+    );
+    this.updateCacheAfterWrite(name, mode, source, result);
+    return result;
+  }
+
+  /** Write-through: the cache holds what the server now holds, or nothing. */
+  private updateCacheAfterWrite(name: string, mode: WriteMode, source: ContentSource, result: WriteResult): void {
+    if (source.kind !== 'buffer') {
+      this.cache.delete(name);
+      return;
+    }
+    let content: Buffer | null = null;
+    if (mode === 'replace') content = source.content;
+    else {
+      const cached = this.cache.get(name);
+      if (cached && cached.epoch === result.epoch && cached.version === result.version - 1) content = Buffer.concat([cached.content, source.content]);
+    }
+    if (content && content.length === result.size && sha256(content) === result.sha256) {
+      this.cache.set({ name, epoch: result.epoch, version: result.version, size: result.size, sha256: result.sha256, mtime: Date.now(), content });
+    } else {
+      this.cache.delete(name);
+    }
+  }
+
+  private forget(name: string): void {
+    this.cache.delete(name);
+    this.writeTargets.delete(name);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pool.closeAll();
+  }
+}
+
+function metaOf(m: FileMeta): FileMeta {
+  return { name: m.name, epoch: m.epoch, version: m.version, size: m.size, sha256: m.sha256, mtime: m.mtime };
+}
+
+async function bodyOf(res: Response, size: number): Promise<Buffer> {
+  if (res.stream) return res.stream.collect(size);
+  return res.body ?? Buffer.alloc(0);
+}
+
+function* chunked(content: Buffer): Iterable<Buffer> {
+  for (let offset = 0; offset < content.length; offset += 1 << 20) yield content.subarray(offset, offset + (1 << 20));
+}
+
+async function* progress(source: AsyncIterable<Buffer> | Iterable<Buffer>, total: number, onProgress?: (done: number, total: number) => void): AsyncIterable<Buffer> {
+  let done = 0;
+  for await (const chunk of source) {
+    done += chunk.length;
+    onProgress?.(done, total);
+    yield chunk;
+  }
+}

@@ -1,0 +1,57 @@
+/** Entry point: `npm run file-server -- --id fs-1 --port 12001 --data data/fs-1 --directory ws://127.0.0.1:9090`. */
+import { COMMON_USAGE, parsePositiveInt, parseServiceArgs } from '../../shared/args.js';
+import { createLogger } from '../../shared/log.js';
+import { serverId } from '../../shared/protocol.js';
+import { runService } from '../../shared/service.js';
+import { FileServer } from './service.js';
+
+const usage = `usage: npm run file-server -- [options]
+
+A file server: stores files durably, as primary for some and replica for others.
+
+  --id ID              this server's id, unique in the cluster (default fs-<port>)
+  --directory URL      the directory service (default $DFS_DIRECTORY or ws://127.0.0.1:9090)
+  --advertise URL      the URL others use to reach this server (default ws://host:port)
+  --max-file-bytes N   largest file accepted (default 8 GiB)
+${COMMON_USAGE}
+  (defaults: --port 12001, --data data/<id>)`;
+
+const args = parseServiceArgs(process.argv.slice(2), {
+  usage,
+  defaultPort: 12001,
+  defaultData: '',
+  extra: {
+    id: { type: 'string' },
+    directory: { type: 'string' },
+    advertise: { type: 'string' },
+    'max-file-bytes': { type: 'string' },
+  },
+});
+
+const id = typeof args.values.id === 'string' ? args.values.id : `fs-${args.port}`;
+if (!serverId.safeParse(id).success) {
+  process.stderr.write(`error: --id must be 1-32 letters, digits, "_", "." or "-", not ${JSON.stringify(id)}\n`);
+  process.exit(2);
+}
+let maxFileBytes = 8 * 1024 ** 3;
+try {
+  if (typeof args.values['max-file-bytes'] === 'string') maxFileBytes = parsePositiveInt(args.values['max-file-bytes'], '--max-file-bytes');
+} catch (err) {
+  process.stderr.write(`error: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+const log = createLogger(id, args.logLevel);
+const directoryUrl = typeof args.values.directory === 'string' ? args.values.directory : (process.env.DFS_DIRECTORY ?? 'ws://127.0.0.1:9090');
+
+await runService(log, () =>
+  FileServer.start({
+    id,
+    host: args.host,
+    port: args.port,
+    advertiseUrl: typeof args.values.advertise === 'string' ? args.values.advertise : undefined,
+    directoryUrl,
+    dataDir: args.data || `data/${id}`,
+    maxFileBytes,
+    log,
+  }),
+);

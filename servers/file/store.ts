@@ -1,0 +1,289 @@
+/**
+ * The version store of one file server: every file it holds, at its current version, in one
+ * folder, with an in-memory index rebuilt from the folder at start.
+ *
+ * A new version is staged in a temp file (content written and fdatasync'ed), then committed by
+ * renaming it to its version name and fsyncing the folder. Until the rename the old version is
+ * current; after the folder fsync the new one is, durably. Old versions are unlinked after the
+ * commit; leftovers from a crash (temps, older versions) are swept at the next start.
+ */
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { mkdir, open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { DfsError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import type { FileMeta, WriteMode } from '../../shared/protocol.js';
+import { EMPTY_SHA256, HEADER_BYTES, decodeHeader, encodeHeader, nameKey, parseVersionFileName, versionFileName, type VersionHeader } from './version-file.js';
+
+export interface StoredVersion extends VersionHeader {
+  path: string;
+}
+
+const READ_CHUNK_BYTES = 1 << 20;
+
+/** Coalesces folder fsyncs: commits that arrive while one is running share the next one. */
+class FolderSyncer {
+  private running: Promise<void> | null = null;
+  private next: Promise<void> | null = null;
+
+  constructor(private readonly handle: FileHandle) {}
+
+  sync(): Promise<void> {
+    if (!this.running) {
+      this.running = this.handle.sync().finally(() => (this.running = null));
+      return this.running;
+    }
+    if (!this.next) {
+      this.next = this.running.then(() => {
+        this.next = null;
+        return this.sync();
+      });
+    }
+    return this.next;
+  }
+}
+
+export class StagedVersion {
+  size = 0;
+  private readonly hash: Hash = createHash('sha256');
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    readonly epoch: number,
+    readonly version: number,
+    readonly tempPath: string,
+    private readonly handle: FileHandle,
+  ) {}
+
+  async write(chunk: Buffer): Promise<void> {
+    if (chunk.length === 0) return;
+    let offset = 0;
+    while (offset < chunk.length) {
+      const { bytesWritten } = await this.handle.write(chunk, offset, chunk.length - offset, HEADER_BYTES + this.size + offset);
+      offset += bytesWritten;
+    }
+    this.hash.update(chunk);
+    this.size += chunk.length;
+  }
+
+  /** Writes the header and makes the temp file durable. The version is not current until committed. */
+  async seal(fields: { mtime: number; token: number; requestId: string }): Promise<VersionHeader> {
+    const header: VersionHeader = {
+      name: this.name,
+      epoch: this.epoch,
+      version: this.version,
+      size: this.size,
+      sha256: this.hash.digest('hex'),
+      ...fields,
+    };
+    await this.handle.write(encodeHeader(header), 0, HEADER_BYTES, 0);
+    await this.handle.datasync();
+    await this.close();
+    return header;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+
+  async discard(): Promise<void> {
+    await this.close().catch(() => {});
+    await unlink(this.tempPath).catch(() => {});
+  }
+}
+
+export class FileStore {
+  private readonly index = new Map<string, StoredVersion>();
+  private syncer!: FolderSyncer;
+  private folderHandle!: FileHandle;
+
+  private constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+  ) {}
+
+  /** Opens the store, rebuilding the index and sweeping what a crash left behind. */
+  static async open(dataDir: string, log: Logger): Promise<FileStore> {
+    const dir = join(dataDir, 'store');
+    await mkdir(dir, { recursive: true });
+    const store = new FileStore(dir, log);
+    store.folderHandle = await open(dir, 'r');
+    store.syncer = new FolderSyncer(store.folderHandle);
+    await store.load();
+    return store;
+  }
+
+  private async load(): Promise<void> {
+    const newest = new Map<string, { file: string; epoch: number; version: number }>();
+    const sweep: string[] = [];
+    for (const file of await readdir(this.dir)) {
+      const parsed = parseVersionFileName(file);
+      if (!parsed) {
+        sweep.push(file); // temps of writes that never committed
+        continue;
+      }
+      const best = newest.get(parsed.key);
+      if (!best || parsed.epoch > best.epoch || (parsed.epoch === best.epoch && parsed.version > best.version)) {
+        if (best) sweep.push(best.file);
+        newest.set(parsed.key, { file, epoch: parsed.epoch, version: parsed.version });
+      } else {
+        sweep.push(file);
+      }
+    }
+    for (const file of sweep) await unlink(join(this.dir, file)).catch(() => {});
+    for (const [key, { file, epoch, version }] of newest) {
+      const path = join(this.dir, file);
+      try {
+        const header = await readHeader(path);
+        if (nameKey(header.name) !== key || header.epoch !== epoch || header.version !== version) throw new Error('header does not match the file name');
+        this.index.set(header.name, { ...header, path });
+      } catch (err) {
+        // A damaged copy is set aside, not served: catch-up will fetch the file again.
+        this.log.error('damaged version file set aside', { file, error: (err as Error).message });
+        await rename(path, `${path}.damaged`).catch(() => {});
+      }
+    }
+    if (sweep.length > 0) await this.syncer.sync();
+  }
+
+  get count(): number {
+    return this.index.size;
+  }
+
+  names(): IterableIterator<string> {
+    return this.index.keys();
+  }
+
+  get(name: string): StoredVersion | undefined {
+    return this.index.get(name);
+  }
+
+  /** The current metadata for name at epoch: version 0, empty, when nothing is stored for that epoch. */
+  metaFor(name: string, epoch: number): FileMeta & { token: number; requestId: string } {
+    const stored = this.index.get(name);
+    if (stored && stored.epoch === epoch) {
+      const { path: _path, ...meta } = stored;
+      return meta;
+    }
+    return { name, epoch, version: 0, size: 0, sha256: EMPTY_SHA256, mtime: 0, token: 0, requestId: '' };
+  }
+
+  /**
+   * Starts a new version. In append mode the current content of the same epoch is copied in
+   * first, so the staged file is the whole new content.
+   */
+  async stage(name: string, epoch: number, version: number, mode: WriteMode): Promise<StagedVersion> {
+    const tempPath = join(this.dir, `${nameKey(name)}.${epoch}.${version}.${randomBytes(4).toString('hex')}.tmp`);
+    const handle = await open(tempPath, 'wx');
+    const staged = new StagedVersion(name, epoch, version, tempPath, handle);
+    try {
+      const base = this.index.get(name);
+      if (mode === 'append' && base && base.epoch === epoch && base.size > 0) {
+        for await (const chunk of this.readContent(base)) await staged.write(chunk);
+      }
+    } catch (err) {
+      await staged.discard();
+      throw err;
+    }
+    return staged;
+  }
+
+  /** Makes a sealed version current, durably. */
+  async commit(staged: StagedVersion, header: VersionHeader): Promise<StoredVersion> {
+    const path = join(this.dir, versionFileName(nameKey(header.name), header.epoch, header.version));
+    await rename(staged.tempPath, path);
+    await this.syncer.sync();
+    const previous = this.index.get(header.name);
+    const stored: StoredVersion = { ...header, path };
+    this.index.set(header.name, stored);
+    if (previous && previous.path !== path) await unlink(previous.path).catch(() => {});
+    return stored;
+  }
+
+  /** Removes every stored version of name. */
+  async remove(name: string): Promise<boolean> {
+    const previous = this.index.get(name);
+    if (!previous) return false;
+    this.index.delete(name);
+    await unlink(previous.path).catch(() => {});
+    await this.syncer.sync();
+    return true;
+  }
+
+  /** Reads a small file's content whole, checking it against its sha256. */
+  async readAll(stored: StoredVersion): Promise<Buffer> {
+    const handle = await openVersion(stored.path);
+    try {
+      const content = Buffer.allocUnsafe(stored.size);
+      let offset = 0;
+      while (offset < stored.size) {
+        const { bytesRead } = await handle.read(content, offset, stored.size - offset, HEADER_BYTES + offset);
+        if (bytesRead === 0) break;
+        offset += bytesRead;
+      }
+      if (offset !== stored.size || createHash('sha256').update(content).digest('hex') !== stored.sha256) {
+        throw new DfsError('CHECKSUM', `stored copy of ${stored.name} v${stored.version} is damaged`);
+      }
+      return content;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * Streams a version's content. The file stays readable even if a newer version replaces it
+   * meanwhile (the open handle keeps it). A damaged copy ends the stream with CHECKSUM.
+   */
+  async *readContent(stored: StoredVersion): AsyncIterable<Buffer> {
+    const handle = await openVersion(stored.path);
+    const hash = createHash('sha256');
+    try {
+      let offset = 0;
+      while (offset < stored.size) {
+        const want = Math.min(READ_CHUNK_BYTES, stored.size - offset);
+        const chunk = Buffer.allocUnsafe(want);
+        const { bytesRead } = await handle.read(chunk, 0, want, HEADER_BYTES + offset);
+        if (bytesRead === 0) break;
+        const piece = bytesRead === want ? chunk : chunk.subarray(0, bytesRead);
+        hash.update(piece);
+        offset += bytesRead;
+        yield piece;
+      }
+      if (offset !== stored.size || hash.digest('hex') !== stored.sha256) {
+        throw new DfsError('CHECKSUM', `stored copy of ${stored.name} v${stored.version} is damaged`);
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.folderHandle.close().catch(() => {});
+  }
+}
+
+async function openVersion(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new DfsError('UNAVAILABLE', 'that version was just replaced; read again');
+    throw err;
+  }
+}
+
+async function readHeader(path: string): Promise<VersionHeader> {
+  const handle = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(HEADER_BYTES);
+    await handle.read(buf, 0, HEADER_BYTES, 0);
+    const header = decodeHeader(buf);
+    const { size } = await handle.stat();
+    if (size !== HEADER_BYTES + header.size) throw new Error(`size ${size} does not match the header's ${header.size} + ${HEADER_BYTES}`);
+    return header;
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * A whole cluster of real processes for integration tests: lock service, directory and file
+ * servers, each on a free port, with data in a temp folder.
+ */
+import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { connect, type RpcConnection } from '../../shared/rpc.js';
+import type { StatusResult } from '../../shared/protocol.js';
+import { freePort, removeDir, startNode, tempDir, type ServiceProcess } from './process.js';
+import { waitFor } from './wait.js';
+
+export interface FileServerHandle {
+  id: string;
+  port: number;
+  url: string;
+  data: string;
+  proc: ServiceProcess;
+}
+
+export interface ClusterOptions {
+  fileServers?: number;
+  replication?: number;
+  leaseMs?: number;
+  downAfterMs?: number;
+  logLevel?: string;
+}
+
+export class Cluster {
+  directory!: ServiceProcess;
+  lock!: ServiceProcess;
+  directoryUrl = '';
+  lockUrl = '';
+  readonly servers: FileServerHandle[] = [];
+  private admin: RpcConnection | null = null;
+
+  private constructor(
+    readonly dir: string,
+    private readonly options: Required<ClusterOptions>,
+  ) {}
+
+  static async start(options: ClusterOptions = {}): Promise<Cluster> {
+    const cluster = new Cluster(await tempDir('dfs-cluster-'), {
+      fileServers: options.fileServers ?? 3,
+      replication: options.replication ?? 3,
+      leaseMs: options.leaseMs ?? 3000,
+      downAfterMs: options.downAfterMs ?? 1500,
+      logLevel: options.logLevel ?? 'info',
+    });
+    await cluster.startLock();
+    await cluster.startDirectory();
+    for (let i = 1; i <= cluster.options.fileServers; i++) {
+      const port = await freePort();
+      cluster.servers.push({ id: `fs-${i}`, port, url: `ws://127.0.0.1:${port}`, data: join(cluster.dir, `fs-${i}`), proc: null as unknown as ServiceProcess });
+    }
+    await Promise.all(cluster.servers.map((s) => cluster.startFileServer(s.id)));
+    await cluster.waitInSync();
+    return cluster;
+  }
+
+  async startLock(port?: number): Promise<void> {
+    const p = port ?? (this.lockUrl ? Number(new URL(this.lockUrl).port) : await freePort());
+    this.lockUrl = `ws://127.0.0.1:${p}`;
+    this.lock = startNode('lock', 'servers/lock/main.js', ['--port', String(p), '--data', join(this.dir, 'lock'), '--lease-ms', String(this.options.leaseMs), '--log-level', this.options.logLevel]);
+    await this.lock.waitForLine(/listening/);
+  }
+
+  async startDirectory(): Promise<void> {
+    const p = this.directoryUrl ? Number(new URL(this.directoryUrl).port) : await freePort();
+    this.directoryUrl = `ws://127.0.0.1:${p}`;
+    this.directory = startNode('directory', 'servers/directory/main.js', [
+      '--port', String(p),
+      '--data', join(this.dir, 'directory'),
+      '--lock', this.lockUrl,
+      '--replication', String(this.options.replication),
+      '--down-after-ms', String(this.options.downAfterMs),
+      '--log-level', this.options.logLevel,
+    ]);
+    await this.directory.waitForLine(/listening/);
+  }
+
+  server(id: string): FileServerHandle {
+    const s = this.servers.find((x) => x.id === id);
+    if (!s) throw new Error(`no server ${id}`);
+    return s;
+  }
+
+  async startFileServer(id: string): Promise<FileServerHandle> {
+    const s = this.server(id);
+    s.proc = startNode(id, 'servers/file/main.js', ['--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel]);
+    await s.proc.waitForLine(/listening/);
+    return s;
+  }
+
+  async adminConn(): Promise<RpcConnection> {
+    if (!this.admin || this.admin.closed) this.admin = await connect(this.directoryUrl);
+    return this.admin;
+  }
+
+  async status(): Promise<StatusResult> {
+    return (await (await this.adminConn()).call('status', {})).result as StatusResult;
+  }
+
+  /** Waits until every running file server is up and in sync with the directory. */
+  async waitInSync(timeoutMs = 15_000, ids?: string[]): Promise<void> {
+    const want = ids ?? this.servers.filter((s) => s.proc && !s.proc.exit).map((s) => s.id);
+    await waitFor(
+      async () => {
+        const status = await this.status();
+        return want.every((id) => status.servers.some((s) => s.id === id && s.state === 'up' && s.sync === 'in-sync'));
+      },
+      { timeoutMs, what: `servers ${want.join(', ')} up and in sync` },
+    );
+  }
+
+  async waitDown(id: string, timeoutMs = 10_000): Promise<void> {
+    await waitFor(async () => (await this.status()).servers.some((s) => s.id === id && s.state === 'down'), { timeoutMs, what: `${id} marked down` });
+  }
+
+  /** Peak resident memory (VmHWM) of a process, in bytes. */
+  static async peakRss(pid: number): Promise<number> {
+    const text = await readFile(`/proc/${pid}/status`, 'utf8');
+    const match = /VmHWM:\s+(\d+) kB/.exec(text);
+    return match ? Number(match[1]) * 1024 : 0;
+  }
+
+  async stop(): Promise<void> {
+    this.admin?.close();
+    await Promise.all(this.servers.map((s) => s.proc?.stop()));
+    await this.directory?.stop();
+    await this.lock?.stop();
+    await removeDir(this.dir);
+  }
+}
