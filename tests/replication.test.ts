@@ -5,6 +5,9 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { nameKey } from '../servers/file/version-file.js';
 import { DfsClient } from '../client/dfs-client.js';
 import { DfsError } from '../shared/errors.js';
 import { connect } from '../shared/rpc.js';
@@ -167,6 +170,29 @@ test('a retried append whose first attempt landed is not applied twice', async (
   conn.close();
   const copies = await copiesOf('retry.txt');
   for (const c of copies) assert.is(c.content.toString(), 'base\nonce\n');
+});
+
+test('a corrupted replica copy is detected, avoided, and repaired from the primary', async () => {
+  const alice = await client('alice-corrupt');
+  await alice.create('corrupt.txt');
+  await alice.write('corrupt.txt', 'the true content');
+  const p = await placement('corrupt.txt');
+  const victim = cluster.server(p.replicas[0]!.id);
+  const storeDir = join(victim.data, 'store');
+  const file = (await readdir(storeDir)).find((f) => f.startsWith(nameKey('corrupt.txt')))!;
+  const raw = await readFile(join(storeDir, file));
+  raw[raw.length - 2] ^= 0x55;
+  await writeFile(join(storeDir, file), raw);
+  // every read returns the true content, whichever copy the directory picks
+  for (let i = 0; i < 6; i++) {
+    const reader = await client(`reader-corrupt-${i}`);
+    assert.is((await reader.read('corrupt.txt')).content.toString(), 'the true content');
+  }
+  await waitFor(async () => {
+    const { content } = await readFrom(victim.url, 'corrupt.txt');
+    return content.toString() === 'the true content';
+  }, { what: 'the damaged copy to be fetched again' });
+  await cluster.waitInSync();
 });
 
 test('a binary file with all 256 byte values round-trips', async () => {

@@ -294,7 +294,10 @@ export class FileServer {
     const holding = this.holdings.get(name);
     if (holding?.role === 'replica') {
       this.suspect.add(name);
-      void this.reportBehind(name, this.id).catch(() => {});
+      void this.mutex
+        .run(name, () => this.store.quarantine(name))
+        .then(() => this.reportBehind(name, this.id))
+        .catch((e: unknown) => this.options.log.warn('could not report a damaged copy', { name, error: toDfsError(e).message }));
     }
     return new DfsError('UNAVAILABLE', `the copy of ${name} on ${this.id} is damaged; read another copy`);
   }

@@ -213,6 +213,18 @@ export class FileStore {
     return true;
   }
 
+  /**
+   * Sets a damaged current version aside (renamed `.damaged`, kept for a person to inspect)
+   * so that the file reads as missing here and catch-up fetches it again.
+   */
+  async quarantine(name: string): Promise<void> {
+    const damaged = this.index.get(name);
+    if (!damaged) return;
+    this.index.delete(name);
+    await rename(damaged.path, `${damaged.path}.damaged`).catch(() => {});
+    await this.syncer.sync();
+  }
+
   /** Reads a small file's content whole, checking it against its sha256. */
   async readAll(stored: StoredVersion): Promise<Buffer> {
     const handle = await openVersion(stored.path);
