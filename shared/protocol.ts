@@ -58,7 +58,8 @@ export const directoryOps = {
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .strict(),
-  delete: z.object({ name: fileName }).strict(),
+  /** `epoch`, when given, guards against removing a file that was created again meanwhile. */
+  delete: z.object({ name: fileName, epoch: counter.optional() }).strict(),
   status: z.object({}).strict(),
   /** File servers. */
   register: z.object({ id: serverId, url: wsUrl }).strict(),

@@ -195,6 +195,28 @@ test('a corrupted replica copy is detected, avoided, and repaired from the prima
   await cluster.waitInSync();
 });
 
+test('delete removes every copy under the lock; a name created again starts empty', async () => {
+  const alice = await client('alice-rm');
+  const bob = await client('bob-rm');
+  await alice.create('rm/me.txt');
+  await alice.write('rm/me.txt', 'doomed');
+  assert.is((await bob.read('rm/me.txt')).content.toString(), 'doomed');
+  const before = await placement('rm/me.txt');
+  await alice.delete('rm/me.txt');
+  const gone = await bob.read('rm/me.txt').catch((e: DfsError) => e.code);
+  assert.is(gone, 'NOT_FOUND');
+  for (const s of [before.primary, ...before.replicas]) {
+    const server = cluster.server(s.id);
+    const files = await readdir(join(server.data, 'store'));
+    assert.not.ok(files.some((f) => f.startsWith(nameKey('rm/me.txt'))), `${s.id} still has a copy`);
+  }
+  await alice.create('rm/me.txt');
+  const again = await bob.read('rm/me.txt');
+  assert.is(again.content.length, 0);
+  assert.is(again.version, 0);
+  assert.ok((await placement('rm/me.txt')).epoch > before.epoch);
+});
+
 test('a binary file with all 256 byte values round-trips', async () => {
   const alice = await client('alice-bin');
   const bob = await client('bob-bin');

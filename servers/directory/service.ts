@@ -153,8 +153,10 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
 
     list: op(directoryOps.list, ({ prefix, after, limit }): ListResult => table.list({ prefix, after, limit: limit ?? DEFAULT_LIST_LIMIT })),
 
-    delete: op(directoryOps.delete, async ({ name }): Promise<Placement> => {
-      const placement = placementOf(name, entryOf(name));
+    delete: op(directoryOps.delete, async ({ name, epoch }): Promise<Placement> => {
+      const current = entryOf(name);
+      if (epoch !== undefined && current.epoch !== epoch) throw new DfsError('NOT_FOUND', `${name} at epoch ${epoch} no longer exists (it was created again, epoch ${current.epoch})`);
+      const placement = placementOf(name, current);
       const entry = await table.remove(name);
       cluster.forget(name, entry);
       log.debug('deleted', { name, epoch: entry.epoch });

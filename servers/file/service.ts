@@ -378,7 +378,7 @@ export class FileServer {
     await lock.call('validate', { name: args.name, token: args.token });
     return this.mutex.run(args.name, async () => {
       const conn = await this.directory();
-      await conn.call('delete', { name: args.name }).catch((err: unknown) => {
+      await conn.call('delete', { name: args.name, epoch: holding.epoch }).catch((err: unknown) => {
         if (!(err instanceof DfsError && err.code === 'NOT_FOUND')) throw err;
       });
       this.holdings.forget(args.name);
