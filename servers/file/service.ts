@@ -309,14 +309,25 @@ export class FileServer {
     if (!ctx.stream && (inline?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${inline?.length ?? 0} were sent`);
     const holding = await this.holdings.lookup(args.name, args.epoch);
     if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name}; its primary is ${holding.primary.id} at ${holding.primary.url}`);
+    // The token is checked with the lock service while the content is staged, off the critical
+    // path; nothing is committed until the answer is in.
     const lock = await this.lockService();
-    await lock.call('validate', { name: args.name, token: args.token });
+    let tokenProblem: DfsError | null | undefined;
+    const validation = lock.call('validate', { name: args.name, token: args.token }).then(
+      () => (tokenProblem = null),
+      (err: unknown) => (tokenProblem = toDfsError(err)),
+    );
+    const checkToken = async () => {
+      await validation;
+      if (tokenProblem) throw tokenProblem;
+    };
 
     return this.mutex.run(args.name, async () => {
       const current = this.store.metaFor(args.name, holding.epoch);
       if (current.requestId === args.requestId) {
         // A retry of a write that already landed: answer as the first time, apply nothing.
         if (ctx.stream) for await (const _ of ctx.stream) void _;
+        await checkToken();
         return { name: args.name, epoch: current.epoch, version: current.version, size: current.size, sha256: current.sha256, skipped: [] };
       }
       if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${args.name}`);
@@ -336,6 +347,7 @@ export class FileServer {
           for await (const chunk of ctx.stream) {
             received += chunk.length;
             if (received > args.size) throw new DfsError('BAD_REQUEST', `more than the announced ${args.size} bytes were sent`);
+            if (tokenProblem) throw tokenProblem;
             sent?.update(chunk);
             await Promise.all([staged.write(chunk), pushToReplicas(transfers, chunk)]);
           }
@@ -346,8 +358,15 @@ export class FileServer {
         }
         if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
         if (sent && sent.digest('hex') !== args.sha256) throw new DfsError('CHECKSUM', `the content of the write to ${args.name} does not match its sha256`);
-        endReplicaStreams(transfers);
-        header = await staged.seal({ mtime, token: args.token, requestId: args.requestId });
+        // Seal locally while the token answer comes in; the replicas' streams end (and they
+        // seal theirs) as soon as the token is known good.
+        const [sealed, checked] = await Promise.allSettled([
+          staged.seal({ mtime, token: args.token, requestId: args.requestId }),
+          checkToken().then(() => endReplicaStreams(transfers)),
+        ]);
+        if (checked.status === 'rejected') throw checked.reason;
+        if (sealed.status === 'rejected') throw sealed.reason;
+        header = sealed.value;
       } catch (err) {
         const error = toDfsError(err);
         abortReplicas(transfers, error);
