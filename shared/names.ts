@@ -20,7 +20,8 @@ export function nameProblem(name: unknown): string | null {
   if (name.includes('\\')) return 'a file name must not contain "\\"';
   // eslint-disable-next-line no-control-regex
   if (/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/u.test(name)) return 'a file name must not contain control characters';
-  if (name.normalize('NFC') !== name) return 'a file name must be in Unicode normal form C';
+  // Printable ASCII is always in normal form C; only other names pay for normalize().
+  if (!/^[\x20-\x7e]*$/.test(name) && name.normalize('NFC') !== name) return 'a file name must be in Unicode normal form C';
   for (const segment of name.split('/')) {
     if (segment === '') return 'a file name must not contain "//"';
     if (segment === '.' || segment === '..') return 'a file name must not contain "." or ".." segments';

@@ -12,7 +12,7 @@ export class ChunkPipe implements AsyncIterable<Buffer> {
   private readerWake: (() => void) | null = null;
   private writerWake: (() => void) | null = null;
 
-  constructor(private readonly highWaterBytes = 8 << 20) {}
+  constructor(private readonly highWaterBytes = 2 << 20) {}
 
   get failed(): Error | null {
     return this.failure;

@@ -23,7 +23,7 @@ import { decodeFrame, encodeFrame, type Frame } from './frame.js';
 import { silentLogger, type Logger } from './log.js';
 
 export const DEFAULT_CHUNK_BYTES = 1 << 20;
-export const DEFAULT_WINDOW_BYTES = 8 << 20;
+export const DEFAULT_WINDOW_BYTES = 4 << 20;
 /** Largest WebSocket message accepted; ws closes the connection with 1009 past it. */
 export const DEFAULT_MAX_MESSAGE_BYTES = 4 << 20;
 export const DEFAULT_PING_INTERVAL_MS = 1000;
@@ -193,8 +193,24 @@ interface Credit {
   stopped: DfsError | null;
 }
 
-interface Active {
-  controller: AbortController;
+/** A request being served. Its AbortController is made only if the handler asks for the signal. */
+class Active {
+  private controller: AbortController | null = null;
+  private abortedWith: DfsError | null = null;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.abortedWith) this.controller.abort(this.abortedWith);
+    }
+    return this.controller.signal;
+  }
+
+  abort(err: DfsError): void {
+    if (this.abortedWith) return;
+    this.abortedWith = err;
+    this.controller?.abort(err);
+  }
 }
 
 const closeMessages: Record<number, string> = {
@@ -430,7 +446,7 @@ export class RpcConnection {
         return;
       }
       case 'cancel': {
-        this.active.get(frame.id)?.controller.abort(new DfsError('CANCELLED', 'cancelled by the requester'));
+        this.active.get(frame.id)?.abort(new DfsError('CANCELLED', 'cancelled by the requester'));
         this.stopStream(`d${frame.id}`, new DfsError('CANCELLED', 'cancelled by the requester'));
         const key = `u${frame.id}`;
         this.incoming.get(key)?.fail(new DfsError('CANCELLED', 'cancelled by the requester'));
@@ -462,14 +478,16 @@ export class RpcConnection {
       return;
     }
     const stream = frame.stream ? this.newIncoming(`u${id}`, id, true) : undefined;
-    const controller = new AbortController();
-    this.active.set(id, { controller });
+    const active = new Active();
+    this.active.set(id, active);
     const ctx: CallContext = {
       conn: this,
       requestId: id,
       body,
       stream,
-      signal: controller.signal,
+      get signal() {
+        return active.signal;
+      },
       event: (ev, data) => this.send({ t: 'evt', ev, data, re: id }),
     };
     const started = this.log.enabled('debug') ? performance.now() : 0;
@@ -567,7 +585,7 @@ export class RpcConnection {
     this.closedWith = err;
     if (this.pingTimer) clearInterval(this.pingTimer);
     for (const id of [...this.pending.keys()]) this.finish(id)?.reject(err);
-    for (const { controller } of this.active.values()) controller.abort(err);
+    for (const active of this.active.values()) active.abort(err);
     for (const stream of this.incoming.values()) stream.fail(err);
     this.incoming.clear();
     for (const key of this.credits.keys()) this.stopStream(key, err);

@@ -4,6 +4,7 @@
  * the server registered and heartbeating with the directory.
  */
 import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { ConnectionPool } from '../../shared/pool.js';
@@ -26,7 +27,7 @@ import { RpcServer, Reply, connect, op, type CallContext, type RpcConnection } f
 import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { abortReplicas, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
-import { FileStore, type StagedVersion } from './store.js';
+import { FileStore, type StagedVersion, type StoredVersion } from './store.js';
 import type { VersionHeader } from './version-file.js';
 import { CatchUp } from './catch-up.js';
 
@@ -48,6 +49,10 @@ interface PreparedCopy {
   timer: NodeJS.Timeout;
 }
 
+/** Memory for recently read small files, and the largest file kept there. */
+const RECENT_CONTENT_BYTES = 16 << 20;
+const RECENT_CONTENT_MAX_ENTRY = 64 << 10;
+
 /** A replica's prepared version is dropped if its commit does not come within this time. */
 const PREPARED_TTL_MS = 60_000;
 
@@ -60,6 +65,10 @@ export class FileServer {
   readonly suspect = new Set<string>();
   readonly counters: FileServerStatus['counters'] = { reads: 0, notModified: 0, contentBytesSent: 0, writes: 0, contentBytesReceived: 0, replicaWrites: 0 };
   private readonly prepared = new Map<string, PreparedCopy>();
+  private readonly recentContent = new LRUCache<string, Buffer>({
+    maxSize: RECENT_CONTENT_BYTES,
+    sizeCalculation: (content) => Math.max(1, content.length),
+  });
   private readonly rpc: RpcServer;
   private readonly catchUp: CatchUp;
   private directoryConn: RpcConnection | null = null;
@@ -270,7 +279,7 @@ export class FileServer {
     if (count) this.counters.contentBytesSent += meta.size;
     if (!stored || stored.epoch !== holding.epoch || meta.size === 0) return new Reply(result, Buffer.alloc(0));
     try {
-      if (stored.size <= INLINE_CONTENT_BYTES) return new Reply(result, await this.store.readAll(stored));
+      if (stored.size <= INLINE_CONTENT_BYTES) return new Reply(result, await this.smallContent(stored));
     } catch (err) {
       throw this.onDamaged(base.name, err);
     }
@@ -284,6 +293,18 @@ export class FileServer {
       }
     }
     return new Reply(result, undefined, guarded());
+  }
+
+  /**
+   * Small hot files are served from memory. Keyed by the version file's path, which names the
+   * epoch and version, so an entry can never be stale; checked against its sha256 when loaded.
+   */
+  private async smallContent(stored: StoredVersion): Promise<Buffer> {
+    const hit = this.recentContent.get(stored.path);
+    if (hit) return hit;
+    const content = await this.store.readAll(stored);
+    if (content.length <= RECENT_CONTENT_MAX_ENTRY) this.recentContent.set(stored.path, content);
+    return content;
   }
 
   /** A copy that fails its checksum is taken out of service and fetched again. */
@@ -333,12 +354,19 @@ export class FileServer {
       if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${args.name}`);
       const version = current.version + 1;
       const mtime = Date.now();
-      const staged = await this.store.stage(args.name, holding.epoch, version, args.mode);
+      // Replicas start staging first: they are a round trip away, the local disk is not.
       const transfers = startReplication(
         this.peers,
         { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: this.id, body: inline },
         this.options.log,
       );
+      let staged: StagedVersion;
+      try {
+        staged = await this.store.stage(args.name, holding.epoch, version, args.mode);
+      } catch (err) {
+        abortReplicas(transfers, toDfsError(err));
+        throw err;
+      }
       let header: VersionHeader;
       try {
         let received = 0;

@@ -43,10 +43,17 @@ class FolderSyncer {
   }
 }
 
+/** Content up to this size is held back and written together with the header at seal. */
+const COALESCE_BYTES = 256 * 1024;
+
 export class StagedVersion {
   size = 0;
   private readonly hash: Hash = createHash('sha256');
   private closed = false;
+  /** Bytes not yet written, starting at content offset `written`. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private written = 0;
 
   constructor(
     readonly name: string,
@@ -58,13 +65,29 @@ export class StagedVersion {
 
   async write(chunk: Buffer): Promise<void> {
     if (chunk.length === 0) return;
-    let offset = 0;
-    while (offset < chunk.length) {
-      const { bytesWritten } = await this.handle.write(chunk, offset, chunk.length - offset, HEADER_BYTES + this.size + offset);
-      offset += bytesWritten;
-    }
     this.hash.update(chunk);
     this.size += chunk.length;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    // Small content waits for the header, so a small write costs one write call, not two.
+    if (this.pendingBytes > COALESCE_BYTES) await this.flush(null);
+  }
+
+  private async flush(header: Buffer | null): Promise<void> {
+    const withHeader = header !== null && this.written === 0;
+    let queue = withHeader ? [header, ...this.pending] : this.pending;
+    let position = withHeader ? 0 : HEADER_BYTES + this.written;
+    let remaining = queue.reduce((n, b) => n + b.length, 0);
+    while (remaining > 0) {
+      const { bytesWritten } = await this.handle.writev(queue, position);
+      position += bytesWritten;
+      remaining -= bytesWritten;
+      queue = skipBytes(queue, bytesWritten);
+    }
+    this.written += this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (header !== null && !withHeader) await this.handle.write(header, 0, HEADER_BYTES, 0);
   }
 
   /** Writes the header and makes the temp file durable. The version is not current until committed. */
@@ -77,9 +100,10 @@ export class StagedVersion {
       sha256: this.hash.digest('hex'),
       ...fields,
     };
-    await this.handle.write(encodeHeader(header), 0, HEADER_BYTES, 0);
+    await this.flush(encodeHeader(header));
     await this.handle.datasync();
-    await this.close();
+    // Closing after the data is durable cannot lose anything; it need not hold up the commit.
+    void this.close().catch(() => {});
     return header;
   }
 
@@ -93,6 +117,20 @@ export class StagedVersion {
     await this.close().catch(() => {});
     await unlink(this.tempPath).catch(() => {});
   }
+}
+
+/** The buffers left after the first `count` bytes of `buffers` were written. */
+function skipBytes(buffers: Buffer[], count: number): Buffer[] {
+  const rest: Buffer[] = [];
+  for (const b of buffers) {
+    if (count >= b.length) {
+      count -= b.length;
+      continue;
+    }
+    rest.push(count > 0 ? b.subarray(count) : b);
+    count = 0;
+  }
+  return rest;
 }
 
 export class FileStore {
@@ -199,7 +237,8 @@ export class FileStore {
     const previous = this.index.get(header.name);
     const stored: StoredVersion = { ...header, path };
     this.index.set(header.name, stored);
-    if (previous && previous.path !== path) await unlink(previous.path).catch(() => {});
+    // The superseded version goes in the background: if a crash keeps it, the next start sweeps it.
+    if (previous && previous.path !== path) void unlink(previous.path).catch(() => {});
     return stored;
   }
 
