@@ -19,23 +19,23 @@ import { DfsError, isTransient, toDfsError } from '../shared/errors.js';
 import { assertValidName } from '../shared/names.js';
 import { silentLogger, type Logger } from '../shared/log.js';
 import { ConnectionPool } from '../shared/pool.js';
-import {
-  INLINE_CONTENT_BYTES,
-  type AcquireResult,
-  type InfoResult,
-  type ListResult,
-  type LocateResult,
-  type LockStatusResult,
-  type Placement,
-  type PlacementResult,
-  type QueuedEvent,
-  type ReadResult,
-  type StatusResult,
-  type WriteMode,
-  type WriteResult,
-  type FileMeta,
-  type FileServerStatus,
+import type {
+  AcquireResult,
+  InfoResult,
+  ListResult,
+  LocateResult,
+  LockStatusResult,
+  Placement,
+  PlacementResult,
+  QueuedEvent,
+  ReadResult,
+  StatusResult,
+  WriteMode,
+  WriteResult,
+  FileMeta,
+  FileServerStatus,
 } from '../shared/protocol.js';
+import { INLINE_CONTENT_BYTES } from '../shared/limits.js';
 import { checkUrl, type RpcConnection, type Response } from '../shared/rpc.js';
 import { ContentCache, type CachedFile } from './cache.js';
 

@@ -196,8 +196,7 @@ export type LockArgs = OpsOf<typeof lockOps>;
 
 // ---------------------------------------------------------------- file servers
 
-/** Content up to this size travels inline in one message; larger content as a stream. */
-export const INLINE_CONTENT_BYTES = 1 << 20;
+export { INLINE_CONTENT_BYTES } from './limits.js';
 
 export const writeMode = z.enum(['replace', 'append']);
 export type WriteMode = z.infer<typeof writeMode>;
