@@ -5,14 +5,9 @@
  * that an unchanged file crosses the network as a NOT_MODIFIED answer of a few bytes.
  */
 import { LRUCache } from 'lru-cache';
+import type { FileMeta } from '../shared/protocol.js';
 
-export interface CachedFile {
-  name: string;
-  epoch: number;
-  version: number;
-  size: number;
-  sha256: string;
-  mtime: number;
+export interface CachedFile extends FileMeta {
   content: Buffer;
 }
 

@@ -5,22 +5,9 @@
  */
 import type { ClusterStatus, StatOutcome } from './dfs-client.js';
 import type { QueuedEvent } from '../shared/protocol.js';
+import { ordinal } from '../shared/text.js';
 
-/** 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st... */
-export function ordinal(n: number): string {
-  const lastTwo = n % 100;
-  if (lastTwo >= 11 && lastTwo <= 13) return `${n}th`;
-  switch (n % 10) {
-    case 1:
-      return `${n}st`;
-    case 2:
-      return `${n}nd`;
-    case 3:
-      return `${n}rd`;
-    default:
-      return `${n}th`;
-  }
-}
+export { ordinal };
 
 /** Bytes in binary units: 0 B, 999 B, 1.5 KiB, 12.0 MiB. */
 export function formatSize(bytes: number): string {

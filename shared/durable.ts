@@ -19,12 +19,17 @@ export function tempPathFor(target: string): string {
   return join(dirname(target), `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
 }
 
-export async function writeFileDurably(target: string, content: Buffer | string): Promise<void> {
+/** Replaces target with content (or the pieces of content, written as they come), durably. */
+export async function writeFileDurably(target: string, content: Buffer | string | AsyncIterable<string>): Promise<void> {
   await mkdir(dirname(target), { recursive: true });
   const temp = tempPathFor(target);
   const handle = await open(temp, 'w');
   try {
-    await handle.writeFile(content);
+    if (typeof content === 'string' || Buffer.isBuffer(content)) {
+      await handle.writeFile(content);
+    } else {
+      for await (const piece of content) await handle.writeFile(piece);
+    }
     await handle.sync();
   } catch (err) {
     await handle.close().catch(() => {});

@@ -20,10 +20,10 @@
  * snapshot, the journal (removals included) and file_table.epoch, which each compaction updates
  * before it drops rows; so an epoch is never issued twice, across deletes and restarts.
  */
-import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, readFile, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfsError } from '../../shared/errors.js';
-import { fsyncDir, tempPathFor, writeFileDurably } from '../../shared/durable.js';
+import { fsyncDir, writeFileDurably } from '../../shared/durable.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import type { CopyRole, ServerRef } from '../../shared/protocol.js';
 import { AppendLog } from './append-log.js';
@@ -521,25 +521,8 @@ async function readIfExists(path: string): Promise<string | null> {
 }
 
 /** Writes the snapshot piece by piece to a temp file, fsyncs it, renames it into place, fsyncs the folder. */
-async function writeSnapshotFile(dir: string, pieces: AsyncIterable<string>): Promise<void> {
-  const target = join(dir, SNAPSHOT_FILE);
-  const temp = tempPathFor(target);
-  const handle = await open(temp, 'w');
-  try {
-    for await (const piece of pieces) {
-      const bytes = Buffer.from(piece, 'utf8');
-      let offset = 0;
-      while (offset < bytes.length) offset += (await handle.write(bytes, offset, bytes.length - offset)).bytesWritten;
-    }
-    await handle.sync();
-  } catch (err) {
-    await handle.close().catch(() => {});
-    await unlink(temp).catch(() => {});
-    throw err;
-  }
-  await handle.close();
-  await rename(temp, target);
-  await fsyncDir(dir);
+function writeSnapshotFile(dir: string, pieces: AsyncIterable<string>): Promise<void> {
+  return writeFileDurably(join(dir, SNAPSHOT_FILE), pieces);
 }
 
 /** Temp files a crash left behind in the middle of replacing a table file. */

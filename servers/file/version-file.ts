@@ -9,18 +9,13 @@
  */
 import { createHash } from 'node:crypto';
 import { DfsError } from '../../shared/errors.js';
+import type { FileMeta } from '../../shared/protocol.js';
 
 export const HEADER_BYTES = 1024;
 const MAGIC = 'DFSV';
 export const EMPTY_SHA256 = createHash('sha256').digest('hex');
 
-export interface VersionHeader {
-  name: string;
-  epoch: number;
-  version: number;
-  size: number;
-  sha256: string;
-  mtime: number;
+export interface VersionHeader extends FileMeta {
   /** Fencing token of the write that made this version (0 for versions copied in catch-up). */
   token: number;
   /** The client's id for the write, so a retried write is recognised and not applied twice. */

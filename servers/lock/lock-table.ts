@@ -15,6 +15,7 @@
  * told anyway.
  */
 import { DfsError } from '../../shared/errors.js';
+import { ordinal } from '../../shared/text.js';
 
 /** One client connection. `label` is the name the client gave itself, shown to other clients. */
 export interface LockSession {
@@ -40,21 +41,7 @@ export function describeSession(session: LockSession): string {
   return session.label ? `client ${session.label} (${session.id})` : `client ${session.id}`;
 }
 
-/** 1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st. */
-export function ordinal(n: number): string {
-  const tens = n % 100;
-  if (tens >= 11 && tens <= 13) return `${n}th`;
-  switch (n % 10) {
-    case 1:
-      return `${n}st`;
-    case 2:
-      return `${n}nd`;
-    case 3:
-      return `${n}rd`;
-    default:
-      return `${n}th`;
-  }
-}
+export { ordinal };
 
 /** What a lock with no holder but a waiter is shown as: its grant waits for a fencing token. */
 export const NO_HOLDER = 'nobody yet (the grant is waiting for a fencing token)';
