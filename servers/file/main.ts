@@ -1,4 +1,5 @@
 /** Entry point: `npm run file-server -- --id fs-1 --port 12001 --data data/fs-1 --directory ws://127.0.0.1:9090`. */
+import './threadpool.js';
 import { COMMON_USAGE, parsePositiveInt, parseServiceArgs } from '../../shared/args.js';
 import { createLogger } from '../../shared/log.js';
 import { serverId } from '../../shared/protocol.js';
