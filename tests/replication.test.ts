@@ -256,6 +256,40 @@ test('kill -9 a replica during a stream of writes: writes and reads go on; it ca
   assert.is(content.toString().split('\n').filter(Boolean).length, 41);
 });
 
+test('a replica that was down catches up on files deleted and created meanwhile', async () => {
+  const alice = await client('alice-away');
+  await alice.create('away/old.txt');
+  await alice.write('away/old.txt', 'to be deleted');
+  const p = await placement('away/old.txt');
+  const victim = cluster.server(p.replicas[1]!.id);
+  await victim.proc.kill9();
+  await cluster.waitDown(victim.id);
+  await alice.delete('away/old.txt');
+  await alice.create('away/new.txt');
+  await alice.write('away/new.txt', 'born while you were away');
+  await cluster.startFileServer(victim.id);
+  await cluster.waitInSync(20_000);
+  const files = await readdir(join(victim.data, 'store'));
+  assert.not.ok(files.some((f) => f.startsWith(nameKey('away/old.txt'))), 'the deleted file is gone from the returning replica');
+  const content = await assertIdenticalCopies('away/new.txt');
+  assert.is(content.toString(), 'born while you were away');
+});
+
+test('the directory and the lock service restart under running servers and clients', async () => {
+  const alice = await client('alice-restart');
+  await alice.create('restart.txt');
+  await alice.write('restart.txt', 'before');
+  await cluster.directory.stop();
+  await cluster.startDirectory();
+  await cluster.lock.stop();
+  await cluster.startLock();
+  await cluster.waitInSync(20_000);
+  await alice.append('restart.txt', ' and after');
+  const bob = await client('bob-restart');
+  assert.is((await bob.read('restart.txt')).content.toString(), 'before and after');
+  await assertIdenticalCopies('restart.txt');
+});
+
 test('kill -9 the primary in the middle of a write: old or new version, whole, on every copy', async () => {
   const writer = await client('crash-writer', 1000);
   await writer.create('crash/big.bin');
