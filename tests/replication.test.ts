@@ -290,6 +290,36 @@ test('the directory and the lock service restart under running servers and clien
   await assertIdenticalCopies('restart.txt');
 });
 
+test('file servers refuse bad input with typed errors and change nothing', async () => {
+  const alice = await client('alice-bad');
+  await alice.create('bad/input.txt');
+  await alice.write('bad/input.txt', 'intact');
+  const p = await placement('bad/input.txt');
+  const lock = await alice.lock('bad/input.txt');
+  const primary = await connect(p.primary.url);
+  const replica = await connect(p.replicas[0]!.url);
+  const code = (promise: Promise<unknown>) => promise.then(() => 'ok', (e: DfsError) => e.code);
+  const write = { name: 'bad/input.txt', epoch: p.epoch, token: lock.token, mode: 'replace', size: 4, requestId: 'bad-input-0001' };
+  assert.is(await code(primary.call('read', { name: '../../etc/passwd' })), 'BAD_REQUEST');
+  assert.is(await code(primary.call('read', { name: 'bad/input.txt', ifVersion: -1 })), 'BAD_REQUEST');
+  assert.is(await code(primary.call('format-disk', {})), 'BAD_REQUEST');
+  assert.is(await code(primary.call('write', { ...write, mode: 'truncate' }, { body: Buffer.from('evil') })), 'BAD_REQUEST');
+  assert.is(await code(primary.call('write', { ...write, size: 9 }, { body: Buffer.from('evil') })), 'BAD_REQUEST');
+  assert.is(await code(primary.call('write', { ...write, sha256: '0'.repeat(64) }, { body: Buffer.from('evil') })), 'CHECKSUM');
+  assert.is(await code(replica.call('write', write, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
+  const forged = { name: 'bad/input.txt', epoch: p.epoch, version: 99, baseVersion: 98, mode: 'replace', size: 4, from: p.replicas[1]!.id, mtime: 0 };
+  assert.is(await code(replica.call('rep.write', forged, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
+  assert.is(await code(replica.call('rep.write', { ...forged, from: p.primary.id }, { body: Buffer.from('evil') })), 'OUT_OF_ORDER');
+  await lock.release();
+  primary.close();
+  replica.close();
+  for (const c of await copiesOf('bad/input.txt')) {
+    assert.is(c.content.toString(), 'intact');
+    assert.is(c.meta.version, 1);
+  }
+  assert.is((await alice.read('bad/input.txt')).content.toString(), 'intact');
+});
+
 test('kill -9 the primary in the middle of a write: old or new version, whole, on every copy', async () => {
   const writer = await client('crash-writer', 1000);
   await writer.create('crash/big.bin');
