@@ -344,6 +344,9 @@ export class FileServer {
     };
 
     return this.mutex.run(args.name, async () => {
+      if (this.holdings.get(args.name)?.epoch !== holding.epoch) {
+        throw new DfsError('NOT_FOUND', `${args.name} was deleted while this write waited its turn`);
+      }
       const current = this.store.metaFor(args.name, holding.epoch);
       if (current.requestId === args.requestId) {
         // A retry of a write that already landed: answer as the first time, apply nothing.
