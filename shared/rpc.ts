@@ -278,9 +278,9 @@ export class RpcConnection {
     });
     this.pingTimer = setInterval(() => {
       if (Date.now() - this.lastSeen > this.deadAfterMs) {
-        this.log.info('peer silent, dropping connection', { conn: this.id, label: this.label || undefined, silentMs: Date.now() - this.lastSeen });
+        this.log.debug('peer silent, dropping connection', { conn: this.id, label: this.label || undefined, silentMs: Date.now() - this.lastSeen });
         this.ws.terminate();
-        this.shutdown(new DfsError('CLOSED', `peer did not answer pings for ${this.deadAfterMs} ms`));
+        this.shutdown(new DfsError('CLOSED', `peer did not answer pings for ${this.deadAfterMs} ms`, { silent: true }));
         return;
       }
       if (this.ws.readyState === WebSocket.OPEN) this.ws.ping();

@@ -131,8 +131,8 @@ export class LockService implements RunningService {
     conn.onClose((err) => {
       const dropped = this.table.dropSession(session);
       this.apply(dropped.changes);
-      // rpc.ts ends a connection whose peer went silent with this wording.
-      const leaseExpired = err.code === 'CLOSED' && /did not answer pings/.test(err.message);
+      // rpc.ts marks the end of a connection whose peer went silent for the lease.
+      const leaseExpired = err.details?.silent === true;
       const fields = {
         session: session.id,
         client: session.label || undefined,
