@@ -164,6 +164,12 @@ export class IncomingStream implements AsyncIterable<Buffer> {
     }
   }
 
+  /** Reads and drops what is left of the stream, so its sender can finish. */
+  async drain(): Promise<void> {
+    if (this.iterated) return;
+    for await (const _ of this) void _;
+  }
+
   /** Reads the whole stream into one buffer; only for content known to be small. */
   async collect(limit: number): Promise<Buffer> {
     const parts: Buffer[] = [];

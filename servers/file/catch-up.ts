@@ -172,7 +172,7 @@ export class CatchUp {
       const meta = res.result as ReadResult;
       const store = this.server.store;
       if (meta.version === 0) {
-        if (res.stream) for await (const _ of res.stream) void _;
+        await res.stream?.drain();
         await store.remove(holding.name);
         return;
       }
@@ -180,8 +180,7 @@ export class CatchUp {
       if (current.version > meta.version) this.log.warn('replica was ahead of its primary; taking the primary copy', { name: holding.name, replica: current.version, primary: meta.version });
       const staged = await store.stage(holding.name, holding.epoch, meta.version, 'replace');
       try {
-        if (res.stream) for await (const chunk of res.stream) await staged.write(chunk);
-        else if (res.body) await staged.write(res.body);
+        await staged.writeAll(res.stream, res.body);
         const header = await staged.seal({ mtime: meta.mtime, token: 0, requestId: '' });
         if (header.sha256 !== meta.sha256 || header.size !== meta.size) throw new DfsError('CHECKSUM', `fetched content of ${holding.name} does not match its sha256`);
         await store.commit(staged, header);

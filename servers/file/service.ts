@@ -28,7 +28,7 @@ import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { abortReplicas, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
 import { FileStore, type StagedVersion, type StoredVersion } from './store.js';
-import type { VersionHeader } from './version-file.js';
+import { publicMeta, type VersionHeader } from './version-file.js';
 import { CatchUp } from './catch-up.js';
 
 export interface FileServerOptions {
@@ -215,8 +215,7 @@ export class FileServer {
       read: op(fileOps.read, (args) => this.read(args)),
       stat: op(fileOps.stat, async (args) => {
         const holding = await this.holdings.lookup(args.name);
-        const { token: _t, requestId: _r, ...meta } = this.store.metaFor(args.name, holding.epoch);
-        return meta;
+        return publicMeta(this.store.metaFor(args.name, holding.epoch));
       }),
       write: op(fileOps.write, (args, ctx) => this.write(args, ctx)),
       delete: op(fileOps.delete, (args) => this.remove(args)),
@@ -245,7 +244,7 @@ export class FileServer {
       }),
       fetch: op(fileOps.fetch, async (args) => {
         const holding = await this.holdings.lookup(args.name, args.epoch);
-        return this.contentReply(holding, { name: args.name, notModified: false }, false);
+        return this.contentReply(holding, args.name, false);
       }),
     };
   }
@@ -260,39 +259,37 @@ export class FileServer {
     if (args.ifEpoch === meta.epoch && args.ifVersion !== undefined) {
       if (args.ifVersion === meta.version) {
         this.counters.notModified++;
-        const { token: _t, requestId: _r, ...rest } = meta;
-        return { ...rest, notModified: true } satisfies ReadResult;
+        return { ...publicMeta(meta), notModified: true } satisfies ReadResult;
       }
       if (args.ifVersion > meta.version) {
         throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is behind (v${meta.version}, you have v${args.ifVersion}); read another copy`);
       }
     }
-    return this.contentReply(holding, { name: args.name, notModified: false }, true);
+    return this.contentReply(holding, args.name, true);
   }
 
   /** The current content of a file: inline when small, streamed when large. */
-  private async contentReply(holding: Holding, base: { name: string; notModified: boolean }, count: boolean): Promise<Reply> {
-    const stored = this.store.get(base.name);
-    const meta = this.store.metaFor(base.name, holding.epoch);
-    const { token: _t, requestId: _r, ...rest } = meta;
-    const result: ReadResult = { ...rest, notModified: false };
+  private async contentReply(holding: Holding, name: string, count: boolean): Promise<Reply> {
+    const stored = this.store.get(name);
+    const meta = this.store.metaFor(name, holding.epoch);
+    const result: ReadResult = { ...publicMeta(meta), notModified: false };
     if (count) this.counters.contentBytesSent += meta.size;
     if (!stored || stored.epoch !== holding.epoch || meta.size === 0) return new Reply(result, Buffer.alloc(0));
     try {
       if (stored.size <= INLINE_CONTENT_BYTES) return new Reply(result, await this.smallContent(stored));
     } catch (err) {
-      throw this.onDamaged(base.name, err);
+      throw this.onDamaged(name, err);
     }
-    const store = this.store;
-    const self = this;
-    async function* guarded(): AsyncIterable<Buffer> {
-      try {
-        yield* store.readContent(stored!);
-      } catch (err) {
-        throw self.onDamaged(base.name, err);
-      }
+    return new Reply(result, undefined, this.guardedContent(stored, name));
+  }
+
+  /** A large file's content, streamed; a checksum failure on the way takes the copy out of service. */
+  private async *guardedContent(stored: StoredVersion, name: string): AsyncIterable<Buffer> {
+    try {
+      yield* this.store.readContent(stored);
+    } catch (err) {
+      throw this.onDamaged(name, err);
     }
-    return new Reply(result, undefined, guarded());
   }
 
   /**
@@ -350,7 +347,7 @@ export class FileServer {
       const current = this.store.metaFor(args.name, holding.epoch);
       if (current.requestId === args.requestId) {
         // A retry of a write that already landed: answer as the first time, apply nothing.
-        if (ctx.stream) for await (const _ of ctx.stream) void _;
+        await ctx.stream?.drain();
         await checkToken();
         return { name: args.name, epoch: current.epoch, version: current.version, size: current.size, sha256: current.sha256, skipped: [] };
       }
@@ -454,9 +451,7 @@ export class FileServer {
   }
 
   private async replicaWrite(args: FileArgs['rep.write'], ctx: CallContext): Promise<PreparedResult> {
-    const drain = async () => {
-      if (ctx.stream && !ctx.stream.done) for await (const _ of ctx.stream) void _;
-    };
+    const drain = async () => ctx.stream?.drain();
     try {
       await this.replicaHolding(args.name, args.epoch, args.from);
     } catch (err) {
@@ -476,16 +471,7 @@ export class FileServer {
       this.dropPrepared(args.name);
       const staged = await this.store.stage(args.name, args.epoch, args.version, args.mode);
       try {
-        let received = 0;
-        if (ctx.stream) {
-          for await (const chunk of ctx.stream) {
-            received += chunk.length;
-            await staged.write(chunk);
-          }
-        } else if (ctx.body) {
-          received = ctx.body.length;
-          await staged.write(ctx.body);
-        }
+        const received = await staged.writeAll(ctx.stream, ctx.body);
         if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
         const header = await staged.seal({ mtime: args.mtime, token: 0, requestId: '' });
         const timer = setTimeout(() => this.dropPrepared(args.name), PREPARED_TTL_MS);

@@ -12,7 +12,7 @@ import { mkdir, open, readdir, rename, unlink, type FileHandle } from 'node:fs/p
 import { join } from 'node:path';
 import { DfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
-import type { FileMeta, WriteMode } from '../../shared/protocol.js';
+import type { WriteMode } from '../../shared/protocol.js';
 import { EMPTY_SHA256, HEADER_BYTES, decodeHeader, encodeHeader, nameKey, parseVersionFileName, versionFileName, type VersionHeader } from './version-file.js';
 
 export interface StoredVersion extends VersionHeader {
@@ -71,6 +71,21 @@ export class StagedVersion {
     this.pendingBytes += chunk.length;
     // Small content waits for the header, so a small write costs one write call, not two.
     if (this.pendingBytes > COALESCE_BYTES) await this.flush(null);
+  }
+
+  /** Writes content that came as a stream or as one body; returns how many bytes it was. */
+  async writeAll(stream: AsyncIterable<Buffer> | undefined, body: Buffer | undefined): Promise<number> {
+    let received = 0;
+    if (stream) {
+      for await (const chunk of stream) {
+        received += chunk.length;
+        await this.write(chunk);
+      }
+    } else if (body) {
+      received = body.length;
+      await this.write(body);
+    }
+    return received;
   }
 
   private async flush(header: Buffer | null): Promise<void> {
@@ -200,12 +215,9 @@ export class FileStore {
   }
 
   /** The current metadata for name at epoch: version 0, empty, when nothing is stored for that epoch. */
-  metaFor(name: string, epoch: number): FileMeta & { token: number; requestId: string } {
+  metaFor(name: string, epoch: number): VersionHeader {
     const stored = this.index.get(name);
-    if (stored && stored.epoch === epoch) {
-      const { path: _path, ...meta } = stored;
-      return meta;
-    }
+    if (stored && stored.epoch === epoch) return stored;
     return { name, epoch, version: 0, size: 0, sha256: EMPTY_SHA256, mtime: 0, token: 0, requestId: '' };
   }
 

@@ -22,6 +22,11 @@ export interface VersionHeader extends FileMeta {
   requestId: string;
 }
 
+/** The metadata a client sees: the header without the write's token and request id. */
+export function publicMeta({ name, epoch, version, size, sha256, mtime }: FileMeta): FileMeta {
+  return { name, epoch, version, size, sha256, mtime };
+}
+
 export function nameKey(name: string): string {
   return createHash('sha256').update(name, 'utf8').digest('hex');
 }
