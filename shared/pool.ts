@@ -29,7 +29,12 @@ export class ConnectionPool {
     const attempt = (async () => {
       try {
         const conn = await connect(url, this.options);
-        if (this.options.onConnect) await this.options.onConnect(conn, url);
+        try {
+          if (this.options.onConnect) await this.options.onConnect(conn, url);
+        } catch (err) {
+          conn.close(); // a connection its greeting failed on is of no use
+          throw err;
+        }
         if (this.closed) {
           conn.close();
           throw new DfsError('CLOSED', 'connection pool closed');
@@ -50,11 +55,6 @@ export class ConnectionPool {
     })();
     this.opening.set(url, attempt);
     return attempt;
-  }
-
-  /** Forgets a recent failure, so the next get() tries at once (a peer said it is back). */
-  forgetFailure(url: string): void {
-    this.failedAt.delete(url);
   }
 
   closeAll(): void {

@@ -23,7 +23,7 @@ import {
   type VersionsResult,
   type WriteResult,
 } from '../../shared/protocol.js';
-import { RpcServer, Reply, connect, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
+import { RpcServer, Reply, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
 import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { abortReplicas, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
@@ -71,8 +71,8 @@ export class FileServer {
   });
   private readonly rpc: RpcServer;
   private readonly catchUp: CatchUp;
-  private directoryConn: RpcConnection | null = null;
-  private directoryConnecting: Promise<RpcConnection> | null = null;
+  /** The directory's connection; a pool of one, so that it is opened again after it drops. */
+  private readonly directoryPool: ConnectionPool;
   private lockUrl: string | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopping = false;
@@ -86,6 +86,7 @@ export class FileServer {
     this.store = store;
     this.holdings = new Holdings(options.id, () => this.directory());
     this.peers = new ConnectionPool({ retryAfterMs: 1000, connectTimeoutMs: 2000, log: options.log });
+    this.directoryPool = new ConnectionPool({ log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
     this.catchUp = new CatchUp(this, options.log);
     this.rpc = new RpcServer({ host: options.host, port: options.port, log: options.log, handlers: this.handlers() });
   }
@@ -112,25 +113,20 @@ export class FileServer {
 
   /** The connection to the directory, opened (and re-opened) on demand. */
   directory(): Promise<RpcConnection> {
-    if (this.directoryConn && !this.directoryConn.closed) return Promise.resolve(this.directoryConn);
-    if (this.directoryConnecting) return this.directoryConnecting;
-    this.directoryConnecting = connect(this.options.directoryUrl, { log: this.options.log })
-      .then(async (conn) => {
-        const info = (await conn.call('info', {})).result as InfoResult;
-        this.lockUrl = info.lockUrl;
-        this.directoryConn = conn;
-        conn.onClose(() => {
-          if (this.directoryConn === conn) this.directoryConn = null;
-          if (!this.stopping && this.registered) {
-            this.registered = false;
-            this.options.log.warn('lost the directory; joining again');
-            this.joinLoop();
-          }
-        });
-        return conn;
-      })
-      .finally(() => (this.directoryConnecting = null));
-    return this.directoryConnecting;
+    return this.directoryPool.get(this.options.directoryUrl);
+  }
+
+  /** Learns the lock service's address; losing the directory means joining it again. */
+  private async onDirectoryConnected(conn: RpcConnection): Promise<void> {
+    const info = (await conn.call('info', {})).result as InfoResult;
+    this.lockUrl = info.lockUrl;
+    conn.onClose(() => {
+      if (!this.stopping && this.registered) {
+        this.registered = false;
+        this.options.log.warn('lost the directory; joining again');
+        this.joinLoop();
+      }
+    });
   }
 
   /** Registers, catches up, then heartbeats; retries until it succeeds or the server stops. */
@@ -532,7 +528,7 @@ export class FileServer {
     await Promise.race([this.mutex.idle(), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
     for (const name of [...this.prepared.keys()]) this.dropPrepared(name);
     await this.rpc.close();
-    this.directoryConn?.close();
+    this.directoryPool.closeAll();
     this.peers.closeAll();
     await this.store.close();
   }
