@@ -13,11 +13,12 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, stat as statFile } from 'node:fs/promises';
+import { open, readFile, rename, stat as statFile, unlink } from 'node:fs/promises';
 import { hostname, userInfo } from 'node:os';
 import { DfsError, isTransient, toDfsError } from '../shared/errors.js';
 import { assertValidName } from '../shared/names.js';
 import { silentLogger, type Logger } from '../shared/log.js';
+import { allPages } from '../shared/pages.js';
 import { ConnectionPool } from '../shared/pool.js';
 import type {
   AcquireResult,
@@ -210,17 +211,16 @@ export class DfsClient {
   }
 
   async list(prefix?: string): Promise<string[]> {
-    const names: string[] = [];
-    let after: string | undefined;
-    for (;;) {
-      const args: Record<string, unknown> = { limit: 10_000 };
-      if (prefix) args.prefix = prefix;
-      if (after !== undefined) args.after = after;
-      const page = (await this.callDirectory('list', args)) as ListResult;
-      names.push(...page.names);
-      if (!page.more || page.names.length === 0) return names;
-      after = page.names[page.names.length - 1];
-    }
+    return allPages(
+      async (after) => {
+        const args: Record<string, unknown> = { limit: 10_000 };
+        if (prefix) args.prefix = prefix;
+        if (after !== undefined) args.after = after;
+        const page = (await this.callDirectory('list', args)) as ListResult;
+        return { items: page.names, more: page.more };
+      },
+      (name) => name,
+    );
   }
 
   async status(): Promise<ClusterStatus> {
@@ -358,7 +358,6 @@ export class DfsClient {
 
   /** Copies a file to a local path, whatever its size; the local file is replaced only when whole and verified. */
   async readToFile(name: string, path: string, onProgress?: (done: number, total: number) => void): Promise<FileMeta> {
-    const { rename, unlink } = await import('node:fs/promises');
     const temp = `${path}.dfs-${process.pid}.tmp`;
     const { meta, stream } = await this.readStream(name);
     const handle = await open(temp, 'w');
@@ -399,7 +398,7 @@ export class DfsClient {
     const { size } = await statFile(path);
     const source: ContentSource =
       size <= INLINE_CONTENT_BYTES
-        ? { kind: 'buffer', content: await (await import('node:fs/promises')).readFile(path) }
+        ? { kind: 'buffer', content: await readFile(path) }
         : { kind: 'stream', size, open: () => createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer> };
     return this.writeSource(name, options.mode ?? 'replace', source, options);
   }

@@ -34,6 +34,14 @@ function groupBy<T>(items: Iterable<T>, key: (item: T) => string): Map<string, T
   return groups;
 }
 
+type RemoteVersion = VersionsResult['files'][number];
+
+/** The versions a peer holds of the named files, by name. */
+async function askVersions(conn: RpcConnection, names: string[]): Promise<Map<string, RemoteVersion>> {
+  const { files } = (await conn.call('versions', { names })).result as VersionsResult;
+  return new Map(files.map((f) => [f.name, f]));
+}
+
 export class CatchUp {
   running = false;
   private partialRunning = false;
@@ -133,11 +141,9 @@ export class CatchUp {
         for (let i = 0; i < group.length; i += BATCH) {
           const batch = group.slice(i, i + BATCH);
           try {
-            const theirs = new Map(((await conn.call('versions', { names: batch.map((h) => h.name) })).result as VersionsResult).files.map((f) => [f.name, f]));
+            const theirs = await askVersions(conn, batch.map((h) => h.name));
             for (const h of batch) {
-              const remote = theirs.get(h.name);
-              const mine = this.server.store.metaFor(h.name, h.epoch);
-              if (remote && remote.epoch === h.epoch && remote.version === mine.version && remote.sha256 === mine.sha256) {
+              if (this.sameAsMine(h, theirs.get(h.name))) {
                 this.markCurrent(h.name);
                 continue;
               }
@@ -158,6 +164,12 @@ export class CatchUp {
       }),
     );
     return { fetched, behind };
+  }
+
+  /** Whether a peer's copy is the version (and content) this server holds. */
+  private sameAsMine(holding: Holding, remote: RemoteVersion | undefined): boolean {
+    const mine = this.server.store.metaFor(holding.name, holding.epoch);
+    return remote !== undefined && remote.epoch === holding.epoch && remote.version === mine.version && remote.sha256 === mine.sha256;
   }
 
   private markCurrent(name: string): void {
@@ -206,12 +218,11 @@ export class CatchUp {
         for (let i = 0; i < group.length; i += BATCH) {
           const batch = group.slice(i, i + BATCH);
           try {
-            const theirs = new Map(((await conn.call('versions', { names: batch.map((p) => p.holding.name) })).result as VersionsResult).files.map((f) => [f.name, f]));
+            const theirs = await askVersions(conn, batch.map((p) => p.holding.name));
             for (const { holding, replica } of batch) {
-              const mine = this.server.store.metaFor(holding.name, holding.epoch);
               const remote = theirs.get(holding.name);
-              if (remote && remote.epoch === holding.epoch && remote.version === mine.version && remote.sha256 === mine.sha256) continue;
-              if (!remote && mine.version === 0) continue;
+              if (this.sameAsMine(holding, remote)) continue;
+              if (!remote && this.server.store.metaFor(holding.name, holding.epoch).version === 0) continue;
               await this.server.reportBehind(holding.name, replica.id);
               reported++;
             }

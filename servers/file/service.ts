@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
+import { allPages } from '../../shared/pages.js';
 import { ConnectionPool } from '../../shared/pool.js';
 import {
   INLINE_CONTENT_BYTES,
@@ -159,14 +160,13 @@ export class FileServer {
   /** Every holding of this server, page by page. */
   async fetchHoldings(): Promise<Holding[]> {
     const conn = await this.directory();
-    const all: Holding[] = [];
-    let after: string | undefined;
-    for (;;) {
-      const page = (await conn.call('holdings', after === undefined ? { id: this.id, limit: 10_000 } : { id: this.id, after, limit: 10_000 })).result as HoldingsResult;
-      all.push(...page.copies);
-      if (!page.more || page.copies.length === 0) return all;
-      after = page.copies[page.copies.length - 1]!.name;
-    }
+    return allPages(
+      async (after) => {
+        const page = (await conn.call('holdings', after === undefined ? { id: this.id, limit: 10_000 } : { id: this.id, after, limit: 10_000 })).result as HoldingsResult;
+        return { items: page.copies, more: page.more };
+      },
+      (copy) => copy.name,
+    );
   }
 
   private startHeartbeat(intervalMs: number): void {
