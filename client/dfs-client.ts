@@ -34,7 +34,6 @@ import type {
   WriteMode,
   WriteResult,
   FileMeta,
-  FileServerStatus,
 } from '../shared/protocol.js';
 import { INLINE_CONTENT_BYTES } from '../shared/limits.js';
 import { checkUrl, type RpcConnection, type Response } from '../shared/rpc.js';
@@ -232,11 +231,6 @@ export class DfsClient {
       locks = null; // the lock service is down; say so rather than fail the whole status
     }
     return { ...status, locks };
-  }
-
-  /** Per-server counters of one file server (for tests and the status view). */
-  async serverStatus(url: string): Promise<FileServerStatus> {
-    return (await (await this.pool.get(url)).call('status', {})).result as FileServerStatus;
   }
 
   async stat(name: string): Promise<StatOutcome> {

@@ -108,7 +108,6 @@ export class IncomingStream implements AsyncIterable<Buffer> {
   private wake: (() => void) | null = null;
   private unacked = 0;
   private iterated = false;
-  bytesReceived = 0;
 
   constructor(
     private readonly ack: (bytes: number) => void,
@@ -117,7 +116,6 @@ export class IncomingStream implements AsyncIterable<Buffer> {
 
   push(chunk: Buffer): void {
     if (this.ended || this.failure) return;
-    this.bytesReceived += chunk.length;
     this.queue.push(chunk);
     this.notify();
   }

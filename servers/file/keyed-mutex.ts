@@ -20,8 +20,4 @@ export class KeyedMutex {
   async idle(): Promise<void> {
     while (this.tails.size > 0) await Promise.all([...this.tails.values()]);
   }
-
-  get busy(): number {
-    return this.tails.size;
-  }
 }
