@@ -458,6 +458,8 @@ export class DfsClient {
 
   private async writeWithToken(name: string, mode: WriteMode, source: ContentSource, token: number, requestId: string, options: WriteOptions): Promise<WriteResult> {
     const size = source.kind === 'buffer' ? source.content.length : source.size;
+    // Hashed once: every attempt sends it, and the cache update compares against it.
+    const contentSha = source.kind === 'buffer' ? sha256(source.content) : undefined;
     const result = await this.retrying(
       mode,
       async () => {
@@ -466,7 +468,7 @@ export class DfsClient {
         try {
           const conn = await this.pool.get(target.primaryUrl);
           if (source.kind === 'buffer') {
-            args.sha256 = sha256(source.content);
+            args.sha256 = contentSha;
             if (size <= INLINE_CONTENT_BYTES) return (await conn.call('write', args, { body: source.content, timeoutMs: 60_000 })).result as WriteResult;
             return (await conn.call('write', args, { stream: progress(chunked(source.content), size, options.onProgress), timeoutMs: 120_000 })).result as WriteResult;
           }
@@ -477,23 +479,27 @@ export class DfsClient {
       },
       options.signal,
     );
-    this.updateCacheAfterWrite(name, mode, source, result);
+    this.updateCacheAfterWrite(name, mode, source, contentSha, result);
     return result;
   }
 
   /** Write-through: the cache holds what the server now holds, or nothing. */
-  private updateCacheAfterWrite(name: string, mode: WriteMode, source: ContentSource, result: WriteResult): void {
+  private updateCacheAfterWrite(name: string, mode: WriteMode, source: ContentSource, contentSha: string | undefined, result: WriteResult): void {
     if (source.kind !== 'buffer') {
       this.cache.delete(name);
       return;
     }
     let content: Buffer | null = null;
+    let contentHash = contentSha;
     if (mode === 'replace') content = source.content;
     else {
       const cached = this.cache.get(name);
-      if (cached && cached.epoch === result.epoch && cached.version === result.version - 1) content = Buffer.concat([cached.content, source.content]);
+      if (cached && cached.epoch === result.epoch && cached.version === result.version - 1) {
+        content = Buffer.concat([cached.content, source.content]);
+        contentHash = sha256(content);
+      }
     }
-    if (content && content.length === result.size && sha256(content) === result.sha256) {
+    if (content && content.length === result.size && contentHash === result.sha256) {
       this.cache.set({ name, epoch: result.epoch, version: result.version, size: result.size, sha256: result.sha256, mtime: Date.now(), content });
     } else {
       this.cache.delete(name);
