@@ -16,6 +16,8 @@ export const ERROR_CODES = [
   'TIMEOUT', // a wait or a request ran out of time
   'CANCELLED', // the caller cancelled the request
   'CHECKSUM', // content does not match its sha256
+  'LIMIT', // a per-session or per-connection cap was reached (locks held, waits, streams, connections)
+  'LOCK_LOST', // the caller's lock ended (lease lapsed, session lost) before a write made under it
   'CLOSED', // the connection closed before the answer came
   'INTERNAL', // a bug or an unexpected I/O failure on the server
 ] as const;
