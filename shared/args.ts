@@ -7,11 +7,18 @@ import { isLogLevel, type LogLevel } from './log.js';
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
+/** How many sockets a service holds at once, and how long a handshake may take (shared/rpc/server.ts). */
+export interface ConnectionLimits {
+  maxConnections?: number;
+  handshakeTimeoutMs?: number;
+}
+
 export interface ServiceArgs {
   host: string;
   port: number;
   data: string;
   logLevel: LogLevel;
+  connections: ConnectionLimits;
   values: Record<string, string | boolean | undefined>;
 }
 
@@ -34,6 +41,8 @@ const common: OptionSpec = {
   port: { type: 'string' },
   data: { type: 'string' },
   'log-level': { type: 'string' },
+  'max-connections': { type: 'string' },
+  'handshake-timeout-ms': { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
   quiet: { type: 'boolean', short: 'q' },
   help: { type: 'boolean', short: 'h' },
@@ -44,7 +53,11 @@ export const COMMON_USAGE = `  --host HOST          address to listen on (defaul
   --data DIR           folder for this service's state
   --log-level LEVEL    error, warn, info (default) or debug
   -v, --verbose        same as --log-level debug
-  -q, --quiet          same as --log-level warn`;
+  -q, --quiet          same as --log-level warn
+  --max-connections N  sockets held at once; more are refused (default: the open-file
+                       limit less 128, at most 10000)
+  --handshake-timeout-ms N
+                       drop a connection whose WebSocket handshake takes longer (default 5000)`;
 
 /**
  * Parses the common service flags plus `extra`. Exits the process on --help or a usage error,
@@ -66,7 +79,11 @@ export function parseServiceArgs(argv: string[], spec: { usage: string; defaultP
       if (!isLogLevel(level)) throw new UsageError(`--log-level must be error, warn, info or debug, not ${JSON.stringify(level)}`);
       logLevel = level;
     }
+    const connections: ConnectionLimits = {};
+    if (typeof values['max-connections'] === 'string') connections.maxConnections = parsePositiveInt(values['max-connections'], '--max-connections', 1_000_000);
+    if (typeof values['handshake-timeout-ms'] === 'string') connections.handshakeTimeoutMs = parsePositiveInt(values['handshake-timeout-ms'], '--handshake-timeout-ms', 600_000);
     return {
+      connections,
       host: typeof values.host === 'string' ? values.host : '127.0.0.1',
       port: typeof values.port === 'string' ? parsePort(values.port, '--port') : spec.defaultPort,
       data: typeof values.data === 'string' ? values.data : spec.defaultData,

@@ -28,15 +28,43 @@ export interface DecodedFrame {
   body: Buffer | undefined;
 }
 
+/**
+ * Encodes a frame. Throws TOO_LARGE when the header would be over MAX_HEADER_BYTES: the sender
+ * refuses what every receiver refuses, so that the caller hears of it at once.
+ */
 export function encodeFrame(frame: Frame, body?: Buffer): Buffer | string {
   const json = JSON.stringify(frame);
+  // One UTF-8 byte per UTF-16 unit at least, three at most: most headers skip the exact count.
+  const headerLength = json.length * 3 <= MAX_HEADER_BYTES ? -1 : Buffer.byteLength(json);
+  if (headerLength > MAX_HEADER_BYTES) throw new DfsError('TOO_LARGE', `a ${frame.t} frame header of ${headerLength} bytes is over the ${MAX_HEADER_BYTES}-byte limit`, { bytes: headerLength });
   if (body === undefined) return json;
-  const headerLength = Buffer.byteLength(json);
-  const out = Buffer.allocUnsafe(4 + headerLength + body.length);
-  out.writeUInt32BE(headerLength, 0);
+  const length = headerLength === -1 ? Buffer.byteLength(json) : headerLength;
+  const out = Buffer.allocUnsafe(4 + length + body.length);
+  out.writeUInt32BE(length, 0);
   out.write(json, 4, 'utf8');
-  body.copy(out, 4 + headerLength);
+  body.copy(out, 4 + length);
   return out;
+}
+
+/** Bytes a message takes on the wire. */
+export function messageBytes(data: Buffer | string): number {
+  return typeof data === 'string' ? Buffer.byteLength(data) : data.length;
+}
+
+/**
+ * The type and id a frame that cannot be decoded seems to carry, read from the start of its
+ * header (our encoder writes `{"t":...,"id":...` first), so that a refused frame can still be
+ * matched to its request: an oversize answer fails its caller at once instead of leaving it to
+ * time out.
+ */
+export function frameIdentity(data: Buffer, isBinary: boolean): { t: string; id: number } | null {
+  const start = isBinary ? 4 : 0;
+  if (data.length < start + 8) return null;
+  const prefix = data.toString('utf8', start, Math.min(data.length, start + 96));
+  const match = /^\{"t":"([a-z]{1,8})","id":(\d{1,15})[,}]/.exec(prefix);
+  if (!match) return null;
+  const id = Number(match[2]);
+  return Number.isSafeInteger(id) ? { t: match[1]!, id } : null;
 }
 
 function isId(value: unknown): value is number {

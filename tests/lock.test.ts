@@ -313,13 +313,24 @@ test('bad input gets clear errors while another client keeps being served', asyn
   assert.is(await codeOf(other.call('release', { name: 'ok.txt', token: 1.5 })), 'BAD_REQUEST');
   assert.is(await codeOf(other.call('hello', { client: '' })), 'BAD_REQUEST');
 
-  // an oversize message closes only that connection, and frees what it held
+  // an oversize message is refused before it leaves: the call fails at once, nothing else changes
   const big = await connect(url, { maxMessageBytes: 16 << 20 });
   clients.push(big);
   await big.call('acquire', { name: 'big.txt', timeoutMs: 0 });
   const tooLarge = await failure(big.call('status', {}, { body: Buffer.alloc(5 << 20) }));
   assert.is(tooLarge.code, 'TOO_LARGE');
-  await waitFor(async () => (await status(other, 'big.txt')).locks.length === 0, { what: 'big.txt to be freed' });
+  assert.is((await status(other, 'big.txt')).locks.length, 1, 'the sender keeps its connection and its lock');
+  // a peer that sends one anyway loses only its own connection, and what it held is freed
+  const rude = new WebSocket(url, { maxPayload: 16 << 20 });
+  await new Promise((resolve, reject) => rude.once('open', resolve).once('error', reject));
+  const rudeReplies: Array<{ id: number; ok: boolean }> = [];
+  rude.on('message', (data) => rudeReplies.push(JSON.parse(data.toString())));
+  rude.send(JSON.stringify({ t: 'req', id: 1, op: 'acquire', args: { name: 'rude.txt', timeoutMs: 0 } }));
+  await waitFor(() => rudeReplies.some((r) => r.id === 1 && r.ok), { what: 'the rude client to hold rude.txt' });
+  const closed = new Promise<number>((resolve) => rude.once('close', resolve));
+  rude.send(Buffer.alloc(5 << 20));
+  assert.is(await closed, 1009);
+  await waitFor(async () => (await status(other, 'rude.txt')).locks.length === 0, { what: 'rude.txt to be freed' });
 
   // the steady client never noticed
   assert.equal((await steady.call('validate', { name: 'steady.txt', token })).result, { valid: true });

@@ -105,7 +105,7 @@ test('malformed frames get BAD_REQUEST and the connection keeps serving', async 
   ws.close();
 });
 
-test('an oversize message closes only that connection, with TOO_LARGE', async () => {
+test('an oversize message is refused before it is sent, with TOO_LARGE, and nothing else changes', async () => {
   const big = await connect(url, { maxMessageBytes: 4 << 20 });
   const other = await connect(url);
   const err = await big.call('echo', { text: 'x' }, { body: Buffer.alloc(2 << 20) }).catch((e: DfsError) => e);

@@ -61,6 +61,7 @@ await runService(log, () =>
     host: args.host,
     port: args.port,
     dataDir: args.data,
+    connections: args.connections,
     ...extra,
     log,
     onFatal: (err) => {

@@ -4,6 +4,7 @@
  * runs; the handlers check what a schema cannot (the file exists, the server holds that copy).
  */
 import { DfsError } from '../../shared/errors.js';
+import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
 import {
   directoryOps,
@@ -43,6 +44,7 @@ export interface DirectoryOptions {
   /** Table compaction threshold (tests set it low). */
   compactAfterRows?: number;
   maxMessageBytes?: number;
+  connections?: ConnectionLimits;
 }
 
 export interface DirectoryService extends RunningService {
@@ -65,6 +67,7 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     port: options.port,
     log,
     maxMessageBytes: options.maxMessageBytes,
+    ...options.connections,
     handlers: directoryHandlers(table, cluster, options),
   });
   try {

@@ -54,5 +54,6 @@ await runService(log, () =>
     dataDir: args.data || `data/${id}`,
     maxFileBytes,
     log,
+    connections: args.connections,
   }),
 );

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
+import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
 import { allPages } from '../../shared/pages.js';
 import { ConnectionPool } from '../../shared/pool.js';
@@ -42,6 +43,7 @@ export interface FileServerOptions {
   dataDir: string;
   maxFileBytes: number;
   log: Logger;
+  connections?: ConnectionLimits;
 }
 
 interface PreparedCopy {
@@ -89,7 +91,7 @@ export class FileServer {
     this.peers = new ConnectionPool({ retryAfterMs: 1000, connectTimeoutMs: 2000, log: options.log });
     this.directoryPool = new ConnectionPool({ log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
     this.catchUp = new CatchUp(this, options.log);
-    this.rpc = new RpcServer({ host: options.host, port: options.port, log: options.log, handlers: this.handlers() });
+    this.rpc = new RpcServer({ host: options.host, port: options.port, log: options.log, ...options.connections, handlers: this.handlers() });
   }
 
   static async start(options: FileServerOptions): Promise<FileServer> {

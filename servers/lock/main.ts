@@ -36,4 +36,4 @@ function leaseFrom(value: string | boolean | undefined): number {
 const leaseMs = leaseFrom(args.values['lease-ms']);
 const log = createLogger('lock', args.logLevel);
 
-await runService(log, () => LockService.start({ host: args.host, port: args.port, dataDir: args.data, leaseMs, log }));
+await runService(log, () => LockService.start({ host: args.host, port: args.port, dataDir: args.data, leaseMs, log, connections: args.connections }));

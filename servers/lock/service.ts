@@ -11,6 +11,7 @@
  * or a cancel into a lock held by nobody.
  */
 import { DfsError } from '../../shared/errors.js';
+import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
 import { RpcServer, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
 import { lockOps, type AcquireResult, type HelloResult, type LockStatusResult, type QueuedEvent } from '../../shared/protocol.js';
@@ -32,6 +33,7 @@ export interface LockServiceOptions {
   leaseMs?: number;
   log: Logger;
   maxMessageBytes?: number;
+  connections?: ConnectionLimits;
 }
 
 /** An acquire request waiting in line. */
@@ -69,6 +71,7 @@ export class LockService implements RunningService {
       port: options.port,
       log: options.log,
       maxMessageBytes: options.maxMessageBytes,
+      ...options.connections,
       deadAfterMs: this.leaseMs,
       pingIntervalMs: Math.max(25, Math.floor(this.leaseMs / 4)),
       onConnection: (conn) => this.openSession(conn),
