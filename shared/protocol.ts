@@ -67,8 +67,12 @@ export const directoryOps = {
   holdings: z
     .object({ id: serverId, after: z.string().max(255).optional(), limit: z.number().int().min(1).max(10_000).optional() })
     .strict(),
-  synced: z.object({ id: serverId, upTo: counter, behind: z.array(fileName).max(100_000) }).strict(),
-  behind: z.object({ name: fileName, id: serverId }).strict(),
+  /** A full catch-up is done: marks numbered up to `upTo` are cleared and the server stops syncing. */
+  synced: z.object({ id: serverId, upTo: counter }).strict(),
+  /** A partial catch-up is done for `names`: their marks numbered up to `upTo` are cleared. */
+  caughtUp: z.object({ id: serverId, upTo: counter, names: z.array(fileName).min(1).max(10_000) }).strict(),
+  /** The copies of `names` on server `id` missed writes (reported by their primary, or by `id` itself). */
+  behind: z.object({ id: serverId, names: z.array(fileName).min(1).max(10_000) }).strict(),
 } as const;
 
 export interface InfoResult {
@@ -125,11 +129,27 @@ export interface RegisterResult {
 }
 
 export interface HeartbeatResult {
-  /** Names of this server's copies known to have missed writes (at most 1000). */
+  /** Names of this server's copies known to have missed writes, oldest mark first (one page). */
   behind: string[];
+  /** More copies are marked than fit in this answer. */
+  more: boolean;
   markSeq: number;
 }
 
+export interface SyncedResult {
+  markSeq: number;
+  /** Copies of this server still marked behind. */
+  behind: number;
+}
+
+export interface BehindResult {
+  markSeq: number;
+  marked: number;
+  /** Names that are not replica copies on that server (deleted meanwhile, or its primary). */
+  ignored: number;
+}
+
+/** One copy a server holds, as the directory's table says. */
 export interface Holding {
   name: string;
   epoch: number;
@@ -138,9 +158,17 @@ export interface Holding {
   replicas: ServerRef[];
 }
 
+/** A page of `holdings`: server ids in the copies, their URLs once in `servers`. */
 export interface HoldingsResult {
-  copies: Holding[];
+  copies: Array<{ name: string; epoch: number; role: CopyRole; primary: string; replicas: string[] }>;
+  servers: Record<string, string>;
   more: boolean;
+}
+
+/** Expands a holdings page into Holdings with server URLs. */
+export function holdingsOf(page: HoldingsResult): Holding[] {
+  const ref = (id: string): ServerRef => ({ id, url: page.servers[id] ?? '' });
+  return page.copies.map((c) => ({ name: c.name, epoch: c.epoch, role: c.role, primary: ref(c.primary), replicas: c.replicas.map(ref) }));
 }
 
 // ---------------------------------------------------------------- lock service

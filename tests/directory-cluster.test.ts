@@ -26,7 +26,7 @@ function readyCluster(ids: string[], options: { replication?: number } = {}) {
   const cluster = new Cluster({ replication: options.replication ?? 3, downAfterMs: 3000, now: time.now });
   for (const id of ids) {
     cluster.register(id, `ws://127.0.0.1:${12000 + ids.indexOf(id)}`);
-    cluster.synced(id, cluster.currentMarkSeq, [], () => true);
+    cluster.synced(id, cluster.currentMarkSeq);
   }
   return { cluster, time };
 }
@@ -114,23 +114,39 @@ test('reads go round-robin over usable replicas, then to the primary', () => {
   assert.match(writeErr.message, /primary of f, server p, is down/);
 });
 
-test('behind marks: synced clears marks up to upTo, keeps later ones, adds the listed ones', () => {
+test('behind marks: synced clears marks up to upTo and keeps later ones; caughtUp does it for named copies', () => {
   const { cluster } = readyCluster(['p', 'r']);
   cluster.markBehind('a', 'r');
   cluster.markBehind('b', 'r');
   const registration = cluster.register('r', 'ws://127.0.0.1:12001');
   assert.is(registration.markSeq, 2);
   cluster.markBehind('c', 'r'); // during the catch-up
-  assert.equal(cluster.heartbeat('r'), { behind: ['a', 'b', 'c'], markSeq: 3 });
-  const outcome = cluster.synced('r', registration.markSeq, ['d', 'gone'], (name) => name !== 'gone');
-  assert.equal(outcome, { cleared: 2, marked: 1, ignored: 1 });
+  assert.equal(cluster.heartbeat('r'), { behind: ['a', 'b', 'c'], more: false, markSeq: 3 });
+  cluster.markBehind('d', 'r'); // what the catch-up could not fix, marked before it says synced
+  assert.equal(cluster.synced('r', registration.markSeq), { cleared: 2 });
   assert.is(cluster.isSyncing('r'), false);
   assert.equal(cluster.heartbeat('r').behind, ['c', 'd']);
   assert.is(cluster.isReadable('r', 'a'), true);
   assert.is(cluster.isReadable('r', 'c'), false);
-  assert.is(errorOf(() => cluster.synced('r', 99, [], () => true)).code, 'BAD_REQUEST');
-  cluster.forget('c', { primary: 'p', replicas: ['r'] });
-  assert.is(cluster.behindCount('r'), 1);
+  assert.is(errorOf(() => cluster.synced('r', 99)).code, 'BAD_REQUEST');
+  // a partial catch-up of c, while d was marked again after the heartbeat it answered
+  const beat = cluster.heartbeat('r');
+  cluster.markBehind('d', 'r');
+  assert.equal(cluster.caughtUp('r', beat.markSeq, ['c', 'd', 'never-marked']), { cleared: 1 });
+  assert.equal(cluster.heartbeat('r').behind, ['d']);
+  cluster.forget('d', { primary: 'p', replicas: ['r'] });
+  assert.is(cluster.behindCount('r'), 0);
+});
+
+test('a heartbeat answers one page of behind names, by bytes, and says when more follow', () => {
+  const { cluster } = readyCluster(['p', 'r']);
+  const long = (i: number) => `${'x'.repeat(200)}/${i}`;
+  for (let i = 0; i < 1000; i++) cluster.markBehind(long(i), 'r');
+  const beat = cluster.heartbeat('r');
+  assert.is(beat.more, true);
+  assert.ok(beat.behind.length > 100 && beat.behind.length < 1000, `${beat.behind.length} names`);
+  assert.ok(Buffer.byteLength(JSON.stringify(beat)) < 64 * 1024);
+  assert.equal(beat.behind.slice(0, 2), [long(0), long(1)], 'oldest marks first');
 });
 
 test.run();

@@ -6,7 +6,7 @@ import { parse } from 'csv-parse/sync';
 import { WebSocket } from 'ws';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import { DfsError } from '../shared/errors.js';
-import type { ListResult, LocateResult, Placement, PlacementResult, RegisterResult, StatusResult, HoldingsResult, HeartbeatResult, InfoResult } from '../shared/protocol.js';
+import { holdingsOf, type BehindResult, type Holding, type ListResult, type LocateResult, type Placement, type PlacementResult, type RegisterResult, type StatusResult, type HoldingsResult, type HeartbeatResult, type InfoResult } from '../shared/protocol.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -80,8 +80,10 @@ class FakeFileServer {
     return result;
   }
 
-  synced(behind: string[] = [], upTo = this.markSeq): Promise<unknown> {
-    return call(this.conn, 'synced', { id: this.id, upTo, behind });
+  /** Reports a full catch-up done; `behind` are the copies it could not catch up (marked first). */
+  async synced(behind: string[] = [], upTo = this.markSeq): Promise<unknown> {
+    if (behind.length > 0) await call(this.conn, 'behind', { id: this.id, names: behind });
+    return call(this.conn, 'synced', { id: this.id, upTo });
   }
 
   stopHeartbeats(): void {
@@ -169,7 +171,9 @@ test('bad names and bad arguments get BAD_REQUEST and change nothing', async () 
   assert.is(await codeOf(app.call('list', { limit: 0 })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('register', { id: '../evil', url: 'ws://127.0.0.1:1' })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('register', { id: 'fsx', url: 'http://127.0.0.1:1' })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12, behind: [] })), 'BAD_REQUEST');
+  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12 })), 'BAD_REQUEST');
+  assert.is(await codeOf(app.call('caughtUp', { id: 'fs1', upTo: 0, names: [] })), 'BAD_REQUEST');
+  assert.is(await codeOf(app.call('behind', { id: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
   assert.equal(await call<ListResult>(app, 'list', {}), before);
   assert.is((await call<StatusResult>(app, 'status', {})).files, files);
   assert.is(await statusOf(app, 'fsx'), undefined);
@@ -210,7 +214,8 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.equal(seen, seen[0] === r1 ? [r1, r2, r1, r2] : [r2, r1, r2, r1]);
 
   // A replica marked behind is skipped until it reports that it caught up.
-  const behind = await call<{ markSeq: number }>(app, 'behind', { name: 'rr/file.txt', id: r1 });
+  const behind = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r1 });
+  assert.equal(behind, { markSeq: behind.markSeq, marked: 1, ignored: 0 });
   assert.equal(await readers(3), [r2, r2, r2]);
   const replica = fakes.find((f) => f.id === r1)!;
   const beat = await call<HeartbeatResult>(replica.conn, 'heartbeat', { id: r1 });
@@ -221,7 +226,7 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.is(placement.copies.find((c) => c.id === r1)?.inSync, false);
 
   // Both replicas behind: the primary serves reads.
-  await call(app, 'behind', { name: 'rr/file.txt', id: r2 });
+  await call(app, 'behind', { names: ['rr/file.txt'], id: r2 });
   assert.equal(await call<LocateResult>(app, 'locate', { name: 'rr/file.txt', for: 'read' }), {
     name: 'rr/file.txt',
     epoch: file.epoch,
@@ -229,26 +234,29 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
     role: 'primary',
   });
 
-  // r1 catches up with marks up to the one it was told about; r2 reports it is still behind.
-  await replica.synced([], behind.markSeq);
+  // r1 catches up that copy (a partial catch-up); r2 reports it is still behind.
+  await call(replica.conn, 'caughtUp', { id: r1, upTo: behind.markSeq, names: ['rr/file.txt'] });
   const other = fakes.find((f) => f.id === r2)!;
   await other.synced(['rr/file.txt'], beat.markSeq);
   assert.equal(await readers(2), [r1, r1]);
   await other.synced([], (await call<HeartbeatResult>(other.conn, 'heartbeat', { id: r2 })).markSeq);
   assert.equal((await readers(2)).sort(), [r1, r2].sort());
 
-  assert.is(await codeOf(app.call('behind', { name: 'rr/file.txt', id: file.primary.id })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('behind', { name: 'rr/file.txt', id: 'fs-stranger' })), 'NOT_FOUND');
-  assert.is(await codeOf(app.call('behind', { name: 'rr/none.txt', id: r1 })), 'NOT_FOUND');
+  // Only replica copies can be behind: a primary, a stranger or a missing file is ignored.
+  for (const [name, id] of [['rr/file.txt', file.primary.id], ['rr/file.txt', 'fs-stranger'], ['rr/none.txt', r1]] as const) {
+    const result = await call<BehindResult>(app, 'behind', { names: [name], id });
+    assert.equal([result.marked, result.ignored], [0, 1], `${name} on ${id}`);
+  }
+  assert.equal((await readers(2)).sort(), [r1, r2].sort());
 });
 
 test('holdings lists a server\'s copies, paginated, with where the other copies are', async () => {
   const fs1 = servers[0]!;
-  const all: HoldingsResult['copies'] = [];
+  const all: Holding[] = [];
   let after: string | undefined;
   for (;;) {
     const page = await call<HoldingsResult>(fs1.conn, 'holdings', { id: 'fs1', limit: 2, ...(after ? { after } : {}) });
-    all.push(...page.copies);
+    all.push(...holdingsOf(page));
     if (!page.more) break;
     after = page.copies[page.copies.length - 1]!.name;
   }
@@ -259,7 +267,7 @@ test('holdings lists a server\'s copies, paginated, with where the other copies 
     const placement = await call<PlacementResult>(app, 'placement', { name: copy.name });
     assert.equal(copy, { name: copy.name, epoch: placement.epoch, role: placement.primary.id === 'fs1' ? 'primary' : 'replica', primary: placement.primary, replicas: placement.replicas });
   }
-  assert.equal(await call<HoldingsResult>(fs1.conn, 'holdings', { id: 'nobody' }), { copies: [], more: false });
+  assert.equal(await call<HoldingsResult>(fs1.conn, 'holdings', { id: 'nobody' }), { copies: [], servers: {}, more: false });
 });
 
 test('malformed frames, unknown ops and oversize messages get errors; others are still served', async () => {

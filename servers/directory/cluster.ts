@@ -10,15 +10,15 @@
  * - A server is `syncing` from `register` until it reports `synced`.
  * - A copy is "behind" when its primary reported that it missed a write. Each mark gets the next
  *   mark sequence number; `synced {upTo}` clears the server's marks numbered up to `upTo`, so a
- *   mark made while the catch-up was running survives it.
+ *   mark made while the catch-up was running survives it, and `caughtUp {upTo, names}` does the
+ *   same for the named copies only (a partial catch-up of one heartbeat's page).
  */
 import { DfsError } from '../../shared/errors.js';
+import { PAGE_BYTES, jsonBytes } from '../../shared/pages.js';
 import type { CopyRole } from '../../shared/protocol.js';
 
 export const DEFAULT_DOWN_AFTER_MS = 3000;
 export const DEFAULT_REPLICATION = 3;
-/** Most behind names returned in one heartbeat answer. */
-export const MAX_BEHIND_IN_HEARTBEAT = 1000;
 
 export interface ClusterOptions {
   replication?: number;
@@ -58,12 +58,6 @@ export interface DownServer {
   silentMs: number;
 }
 
-export interface SyncOutcome {
-  cleared: number;
-  marked: number;
-  /** Names the server said it is behind on but holds no replica of (deleted meanwhile, say). */
-  ignored: number;
-}
 
 export interface MemberView {
   id: string;
@@ -116,17 +110,26 @@ export class Cluster {
     return { markSeq: this.markSeq, before, previousUrl: previous?.url };
   }
 
-  /** Records a heartbeat; NOT_FOUND when the server must register (again) first. */
-  heartbeat(id: string): { behind: string[]; markSeq: number } {
+  /**
+   * Records a heartbeat; NOT_FOUND when the server must register (again) first. Answers with a
+   * page (at most maxBytes of JSON) of the server's copies marked behind, oldest mark first.
+   */
+  heartbeat(id: string, maxBytes = PAGE_BYTES): { behind: string[]; more: boolean; markSeq: number } {
     this.requireUp(id);
     const member = this.members.get(id)!;
     member.lastHeartbeat = this.now();
     const behind: string[] = [];
+    let bytes = 0;
+    let more = false;
     for (const name of this.marks.get(id)?.keys() ?? []) {
-      if (behind.length >= MAX_BEHIND_IN_HEARTBEAT) break;
+      bytes += jsonBytes(name);
+      if (behind.length > 0 && bytes > maxBytes) {
+        more = true;
+        break;
+      }
       behind.push(name);
     }
-    return { behind, markSeq: this.markSeq };
+    return { behind, more, markSeq: this.markSeq };
   }
 
   /** Marks down every server silent for longer than downAfterMs; returns those newly down. */
@@ -210,15 +213,9 @@ export class Cluster {
     return this.marks.get(id)?.size ?? 0;
   }
 
-  /**
-   * A server finished catching up with everything marked up to `upTo`: those marks go, it stops
-   * syncing, and the names it could not catch up on (that it holds) are marked afresh.
-   */
-  synced(id: string, upTo: number, behind: readonly string[], holds: (name: string) => boolean): SyncOutcome {
-    this.requireUp(id);
-    if (upTo > this.markSeq) {
-      throw new DfsError('BAD_REQUEST', `upTo ${upTo} is ahead of the directory's mark sequence ${this.markSeq}; use the markSeq from register or heartbeat`);
-    }
+  /** A server finished a full catch-up with everything marked up to `upTo`: those marks go, and it stops syncing. */
+  synced(id: string, upTo: number): { cleared: number } {
+    this.requireCurrentSeq(id, upTo);
     let cleared = 0;
     const forServer = this.marks.get(id);
     if (forServer) {
@@ -231,17 +228,31 @@ export class Cluster {
       if (forServer.size === 0) this.marks.delete(id);
     }
     this.members.get(id)!.syncing = false;
-    let marked = 0;
-    let ignored = 0;
-    for (const name of new Set(behind)) {
-      if (!holds(name)) {
-        ignored++;
-        continue;
+    return { cleared };
+  }
+
+  /** A server caught up the named copies with everything marked up to `upTo`: their marks go. */
+  caughtUp(id: string, upTo: number, names: readonly string[]): { cleared: number } {
+    this.requireCurrentSeq(id, upTo);
+    let cleared = 0;
+    const forServer = this.marks.get(id);
+    if (!forServer) return { cleared };
+    for (const name of names) {
+      const seq = forServer.get(name);
+      if (seq !== undefined && seq <= upTo) {
+        forServer.delete(name);
+        cleared++;
       }
-      this.markBehind(name, id);
-      marked++;
     }
-    return { cleared, marked, ignored };
+    if (forServer.size === 0) this.marks.delete(id);
+    return { cleared };
+  }
+
+  private requireCurrentSeq(id: string, upTo: number): void {
+    this.requireUp(id);
+    if (upTo > this.markSeq) {
+      throw new DfsError('BAD_REQUEST', `upTo ${upTo} is ahead of the directory's mark sequence ${this.markSeq}; use the markSeq from register or heartbeat`);
+    }
   }
 
   /** Drops what is known about a deleted file's copies. */

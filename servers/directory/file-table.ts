@@ -28,7 +28,7 @@ import { silentLogger, type Logger } from '../../shared/log.js';
 import type { CopyRole, ServerRef } from '../../shared/protocol.js';
 import { AppendLog } from './append-log.js';
 import type { ServerLoad } from './cluster.js';
-import { SortedNames } from './sorted-names.js';
+import { SortedNames, type RangeOptions } from './sorted-names.js';
 import {
   EPOCH_FILE,
   JOURNAL_FILE,
@@ -177,12 +177,12 @@ export class FileTable {
     return this.loads.keys();
   }
 
-  list(options: { prefix?: string; after?: string; limit: number }): { names: string[]; more: boolean } {
+  list(options: Omit<RangeOptions, 'accept'>): { names: string[]; more: boolean } {
     return this.names.range(options);
   }
 
   /** The copies a server holds, in name order, after `after`. */
-  holdings(id: string, options: { after?: string; limit: number }): { copies: Holding[]; more: boolean } {
+  holdings(id: string, options: Omit<RangeOptions, 'accept' | 'prefix'>): { copies: Holding[]; more: boolean } {
     if (!this.loads.has(id)) return { copies: [], more: false };
     const holds = (name: string) => {
       const entry = this.entries.get(name)!;

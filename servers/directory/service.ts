@@ -6,11 +6,12 @@
 import { DfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
+import { PAGE_BYTES, jsonBytes } from '../../shared/pages.js';
 import {
   directoryOps,
+  type BehindResult,
   type CopyStatus,
   type HeartbeatResult,
-  type Holding,
   type HoldingsResult,
   type InfoResult,
   type ListResult,
@@ -21,6 +22,7 @@ import {
   type ServerRef,
   type ServerStatus,
   type StatusResult,
+  type SyncedResult,
 } from '../../shared/protocol.js';
 import { RpcServer, op, type Handlers } from '../../shared/rpc.js';
 import type { RunningService } from '../../shared/service.js';
@@ -154,7 +156,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { ...placementOf(name, entry), copies: [copy(entry.primary, 'primary'), ...entry.replicas.map((id) => copy(id, 'replica'))] };
     }),
 
-    list: op(directoryOps.list, ({ prefix, after, limit }): ListResult => table.list({ prefix, after, limit: limit ?? DEFAULT_LIST_LIMIT })),
+    list: op(directoryOps.list, ({ prefix, after, limit }): ListResult => table.list({ prefix, after, limit: limit ?? DEFAULT_LIST_LIMIT, maxBytes: PAGE_BYTES })),
 
     delete: op(directoryOps.delete, async ({ name, epoch }): Promise<Placement> => {
       const current = entryOf(name);
@@ -211,30 +213,58 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
     }),
 
     holdings: op(directoryOps.holdings, ({ id, after, limit }): HoldingsResult => {
-      const { copies, more } = table.holdings(id, { after, limit: limit ?? DEFAULT_LIST_LIMIT });
-      return {
-        copies: copies.map(({ name, entry, role }): Holding => ({ name, epoch: entry.epoch, role, primary: refOf(entry.primary), replicas: entry.replicas.map(refOf) })),
-        more,
+      // Each copy names its servers by id; their URLs go once per page, in `servers`.
+      const copyOf = (name: string) => {
+        const entry = table.get(name)!;
+        return { name, epoch: entry.epoch, role: entry.primary === id ? ('primary' as const) : ('replica' as const), primary: entry.primary, replicas: [...entry.replicas] };
       };
+      // A copy's size counts the URLs of servers the page has not named yet. The copy that
+      // overflows the page may leave its servers in the map: a few hundred bytes, within the margin.
+      const servers: Record<string, string> = {};
+      const sizeOf = (name: string) => {
+        const entry = table.get(name)!;
+        let bytes = 0;
+        for (const sid of [entry.primary, ...entry.replicas]) {
+          if (servers[sid] !== undefined) continue;
+          servers[sid] = refOf(sid).url;
+          bytes += jsonBytes(sid) + jsonBytes(servers[sid]);
+        }
+        return bytes + jsonBytes(copyOf(name));
+      };
+      const { copies, more } = table.holdings(id, { after, limit: limit ?? DEFAULT_LIST_LIMIT, maxBytes: PAGE_BYTES - 2048, sizeOf });
+      return { copies: copies.map(({ name }) => copyOf(name)), servers, more };
     }),
 
-    synced: op(directoryOps.synced, ({ id, upTo, behind }) => {
+    synced: op(directoryOps.synced, ({ id, upTo }): SyncedResult => {
       sweep(cluster, log);
-      // Only replica copies can be behind: reads fall back to a primary whatever its marks.
-      const holdsReplica = (name: string) => table.get(name)?.replicas.includes(id) ?? false;
-      const outcome = cluster.synced(id, upTo, behind, holdsReplica);
-      log.info('server synced', { id, upTo, cleared: outcome.cleared, stillBehind: cluster.behindCount(id), ignored: outcome.ignored || undefined });
+      const { cleared } = cluster.synced(id, upTo);
+      log.info('server synced', { id, upTo, cleared, stillBehind: cluster.behindCount(id) });
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    behind: op(directoryOps.behind, ({ name, id }) => {
-      const entry = entryOf(name);
-      if (entry.primary === id) throw new DfsError('BAD_REQUEST', `server ${id} is the primary of ${name}; only a replica can be behind it`);
-      if (!entry.replicas.includes(id)) throw new DfsError('NOT_FOUND', `server ${id} holds no copy of ${name}`);
-      const { seq, fresh } = cluster.markBehind(name, id);
-      if (fresh) log.info('copy marked behind', { name, id, seq, behindFiles: cluster.behindCount(id) });
-      else log.debug('copy marked behind again', { name, id, seq });
-      return { markSeq: seq };
+    caughtUp: op(directoryOps.caughtUp, ({ id, upTo, names }): SyncedResult => {
+      sweep(cluster, log);
+      const { cleared } = cluster.caughtUp(id, upTo, names);
+      log.info('server caught up copies', { id, upTo, names: names.length, cleared, stillBehind: cluster.behindCount(id) });
+      return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
+    }),
+
+    behind: op(directoryOps.behind, ({ id, names }): BehindResult => {
+      let marked = 0;
+      let ignored = 0;
+      let fresh = 0;
+      for (const name of names) {
+        // Only replica copies can be behind: reads fall back to a primary whatever its marks.
+        if (!(table.get(name)?.replicas.includes(id) ?? false)) {
+          ignored++;
+          continue;
+        }
+        if (cluster.markBehind(name, id).fresh) fresh++;
+        marked++;
+      }
+      if (fresh > 0) log.info('copies marked behind', { id, names: fresh, first: names[0], behindFiles: cluster.behindCount(id) });
+      else if (marked > 0) log.debug('copies marked behind again', { id, names: marked });
+      return { markSeq: cluster.currentMarkSeq, marked, ignored };
     }),
   } satisfies Record<keyof typeof directoryOps, unknown>;
 }

@@ -5,6 +5,8 @@
  *
  * Order is plain UTF-16 code-unit order (`<`), the same on every machine.
  */
+import { jsonBytes } from '../../shared/pages.js';
+
 export class SortedNames {
   private sorted: string[] = [];
   private added: string[] = [];
@@ -49,24 +51,41 @@ export class SortedNames {
 
   /**
    * Up to `limit` live names, in order, that start with `prefix`, come after `after`, and pass
-   * `accept`; `more` when another such name follows.
+   * `accept`, taking at most `maxBytes` by `sizeOf` (at least one name); `more` when another
+   * such name follows.
    */
-  range(options: { prefix?: string; after?: string; limit: number; accept?: (name: string) => boolean }): { names: string[]; more: boolean } {
-    const { prefix = '', after, limit, accept } = options;
+  range(options: RangeOptions): { names: string[]; more: boolean } {
+    const { prefix = '', after, limit, accept, maxBytes = Infinity, sizeOf } = options;
     const names = this.view();
     // Names sharing a prefix are contiguous in code-unit order, so the scan starts at the later of
     // the prefix and `after`, and stops at the first name without the prefix.
     let index = after !== undefined && after >= prefix ? upperBound(names, after) : lowerBound(names, prefix);
     const out: string[] = [];
+    let bytes = 0;
     for (; index < names.length; index++) {
       const name = names[index]!;
       if (!name.startsWith(prefix)) break;
       if (accept && !accept(name)) continue;
       if (out.length === limit) return { names: out, more: true };
+      if (maxBytes !== Infinity) {
+        const size = sizeOf ? sizeOf(name) : jsonBytes(name);
+        if (out.length > 0 && bytes + size > maxBytes) return { names: out, more: true };
+        bytes += size;
+      }
       out.push(name);
     }
     return { names: out, more: false };
   }
+}
+
+export interface RangeOptions {
+  prefix?: string;
+  after?: string;
+  limit: number;
+  accept?: (name: string) => boolean;
+  /** Most bytes of the page, by `sizeOf` (default: the name's JSON string and a comma). */
+  maxBytes?: number;
+  sizeOf?: (name: string) => number;
 }
 
 /** Merges two sorted arrays, dropping names no longer live and duplicates (a re-created name). */

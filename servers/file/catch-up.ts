@@ -5,23 +5,32 @@
  * Full catch-up, after every registration:
  *   - drop local files the directory no longer assigns here (deleted meanwhile, or created
  *     again under a new epoch);
+ *   - for each file held as primary, ask its replicas for their versions and report the ones
+ *     that differ as behind (they missed a version this primary committed just before a crash);
+ *     this comes first, since until a primary copy is reconciled this server refuses writes to it;
  *   - for each file held as a replica, ask its primary for its version and fetch the content
  *     when ours differs;
- *   - for each file held as primary, ask its replicas for theirs and report the ones that
- *     differ as behind (they missed a version the primary committed just before a crash);
- *   - tell the directory `synced`, naming the files that could not be caught up (their primary
- *     is down): those stay out of reads.
- * Partial catch-up handles the names a heartbeat reports as behind.
+ *   - mark behind the copies that could not be caught up (their primary is down), then tell the
+ *     directory `synced`: those stay out of reads.
+ * Partial catch-up handles one page of the names a heartbeat reports as behind, and answers
+ * `caughtUp` for the ones it fixed.
+ *
+ * Every list sent goes in batches sized by bytes (shared/pages.ts), so catch-up works the same
+ * with 100,000 files as with ten.
  */
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
+import { PAGE_BYTES, byteBatches, jsonBytes } from '../../shared/pages.js';
 import type { Holding, ReadResult, VersionsResult } from '../../shared/protocol.js';
 import type { RpcConnection } from '../../shared/rpc.js';
 import type { FileServer } from './service.js';
 
-const BATCH = 1000;
-/** A heartbeat lists at most this many behind names; more means a full catch-up is due. */
-const PARTIAL_LIMIT = 1000;
+/** Fetches of missed content running at once per primary. */
+const FETCH_CONCURRENCY = 8;
+/** A `versions` answer entry is its name plus about this much (epoch, version, sha256, JSON). */
+const VERSION_ENTRY_OVERHEAD = 128;
+
+type RemoteVersion = VersionsResult['files'][number];
 
 function groupBy<T>(items: Iterable<T>, key: (item: T) => string): Map<string, T[]> {
   const groups = new Map<string, T[]>();
@@ -34,7 +43,10 @@ function groupBy<T>(items: Iterable<T>, key: (item: T) => string): Map<string, T
   return groups;
 }
 
-type RemoteVersion = VersionsResult['files'][number];
+/** Batches of names whose `versions` answer fits in one frame. */
+function versionBatches<T>(items: T[], nameOf: (item: T) => string): Iterable<T[]> {
+  return byteBatches(items, (item) => jsonBytes(nameOf(item)) + VERSION_ENTRY_OVERHEAD, PAGE_BYTES, 10_000);
+}
 
 /** The versions a peer holds of the named files, by name. */
 async function askVersions(conn: RpcConnection, names: string[]): Promise<Map<string, RemoteVersion>> {
@@ -42,11 +54,23 @@ async function askVersions(conn: RpcConnection, names: string[]): Promise<Map<st
   return new Map(files.map((f) => [f.name, f]));
 }
 
+/** Runs `task` over `items`, at most `limit` at a time. */
+async function eachLimited<T>(items: T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) await task(items[next++]!);
+    }),
+  );
+}
+
 export class CatchUp {
   running = false;
   private partialRunning = false;
   /** During a full catch-up, the replica copies checked so far. */
   private readonly checked = new Set<string>();
+  /** During a full catch-up, the primary copies whose replicas have been reconciled. */
+  private readonly reconciled = new Set<string>();
 
   constructor(
     private readonly server: FileServer,
@@ -58,10 +82,17 @@ export class CatchUp {
     return !this.running || this.checked.has(name);
   }
 
+  /** Whether a primary copy's replicas are known to agree with it (or are marked behind). */
+  isReconciled(name: string): boolean {
+    return !this.running || this.reconciled.has(name);
+  }
+
+  /** Runs a full catch-up; resolves when the directory has been told `synced`. */
   async full(markSeq: number): Promise<void> {
     if (this.running) return;
     this.running = true;
     this.checked.clear();
+    this.reconciled.clear();
     const started = Date.now();
     try {
       const holdings = await this.server.fetchHoldings();
@@ -78,10 +109,12 @@ export class CatchUp {
           dropped++;
         }
       }
+      const primaries = holdings.filter((h) => h.role === 'primary');
+      const reported = await this.verifyReplicas(primaries);
       const { fetched, behind } = await this.pull(replicaCopies);
-      const reported = await this.verifyReplicas(holdings.filter((h) => h.role === 'primary'));
+      await this.server.reportBehindMany(this.server.id, behind);
       const conn = await this.server.directory();
-      await conn.call('synced', { id: this.server.id, upTo: markSeq, behind });
+      await conn.call('synced', { id: this.server.id, upTo: markSeq });
       this.log.info('caught up', { files: holdings.length, fetched, dropped, behind: behind.length, replicasBehind: reported, ms: Date.now() - started });
     } catch (err) {
       this.log.warn('catch-up failed; will retry', { error: toDfsError(err).message });
@@ -89,19 +122,20 @@ export class CatchUp {
     } finally {
       this.running = false;
       this.checked.clear();
+      this.reconciled.clear();
     }
   }
 
-  /** Catches up the named copies (a heartbeat said they missed writes). */
-  async some(names: string[], markSeq: number): Promise<void> {
-    if (this.running || this.partialRunning) return;
-    if (names.length >= PARTIAL_LIMIT) {
-      await this.full(markSeq).catch(() => {});
-      return;
-    }
+  /**
+   * Catches up the named copies (a heartbeat said they missed writes). Resolves true when it
+   * ran (false when another catch-up was already running).
+   */
+  async some(names: string[], markSeq: number): Promise<boolean> {
+    if (this.running || this.partialRunning) return false;
     this.partialRunning = true;
     try {
       const holdings: Holding[] = [];
+      const gone: string[] = [];
       for (const name of names) {
         this.server.suspect.add(name);
         this.server.holdings.forget(name);
@@ -110,21 +144,28 @@ export class CatchUp {
         } catch (err) {
           if (!(err instanceof DfsError && err.code === 'NOT_FOUND')) throw err;
           this.server.suspect.delete(name); // deleted meanwhile: nothing to catch up
+          gone.push(name);
         }
       }
       const replicas = holdings.filter((h) => h.role === 'replica');
       for (const h of holdings) if (h.role === 'primary') this.server.suspect.delete(h.name);
       const { fetched, behind } = await this.pull(replicas);
+      const stillBehind = new Set(behind);
+      const done = names.filter((name) => !stillBehind.has(name));
+      await this.server.reportBehindMany(this.server.id, behind);
       const conn = await this.server.directory();
-      await conn.call('synced', { id: this.server.id, upTo: markSeq, behind });
-      this.log.info('caught up behind copies', { files: names.length, fetched, behind: behind.length });
+      for (const batch of byteBatches(done, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('caughtUp', { id: this.server.id, upTo: markSeq, names: batch });
+      this.log.info('caught up behind copies', { files: names.length, fetched, behind: behind.length, gone: gone.length || undefined });
+      return true;
     } catch (err) {
       this.log.warn('partial catch-up failed; will retry', { error: toDfsError(err).message });
+      return true;
     } finally {
       this.partialRunning = false;
     }
   }
 
+  /** Brings replica copies up to their primaries' versions; returns those it could not. */
   private async pull(copies: Holding[]): Promise<{ fetched: number; behind: string[] }> {
     const behind: string[] = [];
     let fetched = 0;
@@ -138,32 +179,39 @@ export class CatchUp {
           this.log.warn('primary unreachable; its files stay behind', { primary: group[0]!.primary.id, files: group.length });
           return;
         }
-        for (let i = 0; i < group.length; i += BATCH) {
-          const batch = group.slice(i, i + BATCH);
+        for (const batch of versionBatches(group, (h) => h.name)) {
+          let theirs: Map<string, RemoteVersion>;
           try {
-            const theirs = await askVersions(conn, batch.map((h) => h.name));
-            for (const h of batch) {
-              if (this.sameAsMine(h, theirs.get(h.name))) {
-                this.markCurrent(h.name);
-                continue;
-              }
-              try {
-                await this.fetchOne(conn, h);
-                fetched++;
-                this.markCurrent(h.name);
-              } catch (err) {
-                this.log.warn('could not fetch a copy', { name: h.name, error: toDfsError(err).message });
-                behind.push(h.name);
-              }
-            }
+            theirs = await askVersions(conn, batch.map((h) => h.name));
           } catch (err) {
             this.log.warn('primary stopped answering during catch-up', { primary: batch[0]!.primary.id, error: toDfsError(err).message });
-            for (const h of batch) if (!this.checked.has(h.name)) behind.push(h.name);
+            for (const h of batch) behind.push(h.name);
+            continue;
           }
+          const differing: Holding[] = [];
+          for (const h of batch) {
+            if (this.sameAsMine(h, theirs.get(h.name))) this.markCurrent(h.name);
+            else differing.push(h);
+          }
+          await eachLimited(differing, FETCH_CONCURRENCY, async (h) => {
+            try {
+              await this.fetchOne(conn, h);
+              fetched++;
+              this.markCurrent(h.name);
+            } catch (err) {
+              this.log.warn('could not fetch a copy', { name: h.name, error: toDfsError(err).message });
+              behind.push(h.name);
+            }
+          });
         }
       }),
     );
     return { fetched, behind };
+  }
+
+  /** Whether a replica's copy is this primary's version, or both have nothing (version 0). */
+  private agrees(holding: Holding, remote: RemoteVersion | undefined): boolean {
+    return this.sameAsMine(holding, remote) || (!remote && this.server.store.metaFor(holding.name, holding.epoch).version === 0);
   }
 
   /** Whether a peer's copy is the version (and content) this server holds. */
@@ -203,35 +251,42 @@ export class CatchUp {
     });
   }
 
-  /** Reports replicas whose version differs from this primary's; returns how many. */
+  /**
+   * Reports replicas whose version differs from this primary's, or that cannot be asked;
+   * returns how many copies were marked.
+   */
   private async verifyReplicas(primaries: Holding[]): Promise<number> {
     const pairs = primaries.flatMap((h) => h.replicas.map((replica) => ({ holding: h, replica })));
+    const unreachable = new Set<string>();
     let reported = 0;
     await Promise.all(
       [...groupBy(pairs, (p) => p.replica.url)].map(async ([url, group]) => {
-        let conn: RpcConnection;
+        const replicaId = group[0]!.replica.id;
+        let conn: RpcConnection | null = null;
         try {
           conn = await this.server.peers.get(url);
         } catch {
-          return; // it will catch up itself when it registers again
+          unreachable.add(replicaId);
         }
-        for (let i = 0; i < group.length; i += BATCH) {
-          const batch = group.slice(i, i + BATCH);
-          try {
-            const theirs = await askVersions(conn, batch.map((p) => p.holding.name));
-            for (const { holding, replica } of batch) {
-              const remote = theirs.get(holding.name);
-              if (this.sameAsMine(holding, remote)) continue;
-              if (!remote && this.server.store.metaFor(holding.name, holding.epoch).version === 0) continue;
-              await this.server.reportBehind(holding.name, replica.id);
-              reported++;
+        for (const batch of versionBatches(group, (p) => p.holding.name)) {
+          const names = batch.map((p) => p.holding.name);
+          // A copy we could not compare may be older than ours: it is marked behind, to be safe.
+          let differing = names;
+          if (conn) {
+            try {
+              const theirs = await askVersions(conn, names);
+              differing = batch.filter(({ holding }) => !this.agrees(holding, theirs.get(holding.name))).map((p) => p.holding.name);
+            } catch (err) {
+              this.log.debug('could not check a replica; marking its copies behind', { replica: replicaId, error: toDfsError(err).message });
             }
-          } catch (err) {
-            this.log.debug('could not check a replica', { replica: group[0]!.replica.id, error: toDfsError(err).message });
           }
+          await this.server.reportBehindMany(replicaId, differing);
+          reported += differing.length;
         }
       }),
     );
+    for (const h of primaries) this.reconciled.add(h.name);
+    if (unreachable.size > 0) this.log.info('replicas unreachable during catch-up; their copies are marked behind', { replicas: [...unreachable].join(',') });
     return reported;
   }
 }

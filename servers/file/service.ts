@@ -8,11 +8,12 @@ import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
-import { allPages } from '../../shared/pages.js';
+import { PAGE_BYTES, allPages, byteBatches, jsonBytes } from '../../shared/pages.js';
 import { ConnectionPool } from '../../shared/pool.js';
 import {
   INLINE_CONTENT_BYTES,
   fileOps,
+  holdingsOf,
   type FileArgs,
   type FileServerStatus,
   type Holding,
@@ -165,7 +166,7 @@ export class FileServer {
     return allPages(
       async (after) => {
         const page = (await conn.call('holdings', after === undefined ? { id: this.id, limit: 10_000 } : { id: this.id, after, limit: 10_000 })).result as HoldingsResult;
-        return { items: page.copies, more: page.more };
+        return { items: holdingsOf(page), more: page.more };
       },
       (copy) => copy.name,
     );
@@ -182,7 +183,12 @@ export class FileServer {
     try {
       const conn = await this.directory();
       const beat = (await conn.call('heartbeat', { id: this.id }, { timeoutMs: 2000 })).result as HeartbeatResult;
-      if (beat.behind.length > 0) void this.catchUp.some(beat.behind, beat.markSeq);
+      if (beat.behind.length > 0) {
+        // One page per heartbeat; when more are marked, the next page is asked for at once.
+        void this.catchUp.some(beat.behind, beat.markSeq).then((ran) => {
+          if (ran && beat.more) void this.heartbeat();
+        });
+      }
     } catch (err) {
       const error = toDfsError(err);
       if (error.code === 'NOT_FOUND' && this.registered) {
@@ -195,9 +201,14 @@ export class FileServer {
 
   /** Tells the directory a replica missed a version, so reads avoid it until it catches up. */
   async reportBehind(name: string, replicaId: string): Promise<void> {
-    const conn = await this.directory();
-    await conn.call('behind', { name, id: replicaId });
+    await this.reportBehindMany(replicaId, [name]);
     this.options.log.debug('replica marked behind', { name, replica: replicaId });
+  }
+
+  /** Marks server `replicaId`'s copies of `names` behind, in pages the frame limits allow. */
+  async reportBehindMany(replicaId: string, names: readonly string[]): Promise<void> {
+    const conn = await this.directory();
+    for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: replicaId, names: batch });
   }
 
   private async lockService(): Promise<RpcConnection> {
