@@ -23,6 +23,18 @@ export interface ClusterOptions {
   leaseMs?: number;
   downAfterMs?: number;
   logLevel?: string;
+  /** Extra flags for every file server. */
+  fileServerArgs?: string[];
+  /** Runs once the folders and ports are chosen, before any process starts (to lay down data). */
+  prepare?: (layout: ClusterLayout) => Promise<void>;
+  /** How long to wait for the file servers to be in sync at start. */
+  syncTimeoutMs?: number;
+}
+
+export interface ClusterLayout {
+  dir: string;
+  directoryData: string;
+  servers: ReadonlyArray<{ id: string; url: string; data: string }>;
 }
 
 export class Cluster {
@@ -35,7 +47,7 @@ export class Cluster {
 
   private constructor(
     readonly dir: string,
-    private readonly options: Required<ClusterOptions>,
+    private readonly options: Required<Omit<ClusterOptions, 'prepare'>>,
   ) {}
 
   static async start(options: ClusterOptions = {}): Promise<Cluster> {
@@ -45,15 +57,20 @@ export class Cluster {
       leaseMs: options.leaseMs ?? 3000,
       downAfterMs: options.downAfterMs ?? 1500,
       logLevel: options.logLevel ?? 'info',
+      fileServerArgs: options.fileServerArgs ?? [],
+      syncTimeoutMs: options.syncTimeoutMs ?? 15_000,
     });
-    await cluster.startLock();
-    await cluster.startDirectory();
+    cluster.lockUrl = `ws://127.0.0.1:${await freePort()}`;
+    cluster.directoryUrl = `ws://127.0.0.1:${await freePort()}`;
     for (let i = 1; i <= cluster.options.fileServers; i++) {
       const port = await freePort();
       cluster.servers.push({ id: `fs-${i}`, port, url: `ws://127.0.0.1:${port}`, data: join(cluster.dir, `fs-${i}`), proc: null as unknown as ServiceProcess });
     }
+    await options.prepare?.({ dir: cluster.dir, directoryData: join(cluster.dir, 'directory'), servers: cluster.servers.map(({ id, url, data }) => ({ id, url, data })) });
+    await cluster.startLock();
+    await cluster.startDirectory();
     await Promise.all(cluster.servers.map((s) => cluster.startFileServer(s.id)));
-    await cluster.waitInSync();
+    await cluster.waitInSync(cluster.options.syncTimeoutMs);
     return cluster;
   }
 
@@ -84,9 +101,15 @@ export class Cluster {
     return s;
   }
 
-  async startFileServer(id: string): Promise<FileServerHandle> {
+  /** Starts (or restarts) a file server; `env` adds to its environment (a crash point, say). */
+  async startFileServer(id: string, env: NodeJS.ProcessEnv = {}): Promise<FileServerHandle> {
     const s = this.server(id);
-    s.proc = startNode(id, 'servers/file/main.js', ['--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel]);
+    s.proc = startNode(
+      id,
+      'servers/file/main.js',
+      ['--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel, ...this.options.fileServerArgs],
+      env,
+    );
     await s.proc.waitForLine(/listening/);
     return s;
   }
