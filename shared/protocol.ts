@@ -123,6 +123,8 @@ export interface StatusResult {
   files: number;
   replication: number;
   lockUrl: string;
+  /** Rows of the file table the directory could not load at its start, kept in file_table.rejected.csv. */
+  rejectedRows?: number;
 }
 
 export interface RegisterResult {
