@@ -8,11 +8,15 @@ const MAX_SEGMENT_BYTES = 128;
  * Why a file name is unacceptable, or null when it is fine. Names are path-like
  * (`notes/today.txt`): segments of printable characters separated by single slashes. No
  * absolute paths, no `.` or `..` segments, no backslashes, no control characters, so that no
- * name can ever point outside a data folder, whatever the platform.
+ * name can ever point outside a data folder, whatever the platform; and well-formed Unicode, so
+ * that every name has exactly one UTF-8 form on disk.
  */
 export function nameProblem(name: unknown): string | null {
   if (typeof name !== 'string') return 'a file name must be a string';
   if (name.length === 0) return 'a file name must not be empty';
+  // A lone UTF-16 surrogate has no UTF-8 form: written to disk it would become U+FFFD, and two
+  // different names would become one.
+  if (!name.isWellFormed()) return 'a file name must be well-formed Unicode (it has an unpaired UTF-16 surrogate)';
   const bytes = Buffer.byteLength(name, 'utf8');
   if (bytes > MAX_NAME_BYTES) return `a file name must be at most ${MAX_NAME_BYTES} bytes (this one is ${bytes})`;
   if (name.startsWith('/')) return 'a file name must be relative (no leading "/")';

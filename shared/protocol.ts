@@ -12,6 +12,13 @@ export const fileName = z.string().superRefine((value, ctx) => {
   if (problem !== null) ctx.addIssue({ code: 'custom', message: problem });
 });
 
+/** Text that has a UTF-8 form (no unpaired surrogate): what `list` compares with file names. */
+export const wellFormedText = (maxLength: number) =>
+  z
+    .string()
+    .max(maxLength)
+    .refine((value) => value.isWellFormed(), 'must be well-formed Unicode (it has an unpaired UTF-16 surrogate)');
+
 export const serverId = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/, 'a server id is 1-32 letters, digits, "_", "." or "-", starting with a letter or digit');
@@ -53,8 +60,8 @@ export const directoryOps = {
   placement: z.object({ name: fileName }).strict(),
   list: z
     .object({
-      prefix: z.string().max(255).optional(),
-      after: z.string().max(255).optional(),
+      prefix: wellFormedText(255).optional(),
+      after: wellFormedText(255).optional(),
       limit: z.number().int().min(1).max(10_000).optional(),
     })
     .strict(),
@@ -120,6 +127,8 @@ export interface StatusResult {
   files: number;
   replication: number;
   lockUrl: string;
+  /** Rows of the file table the directory could not load at its start, kept in file_table.rejected.csv. */
+  rejectedRows?: number;
 }
 
 export interface RegisterResult {

@@ -4,7 +4,7 @@ import { copyFile, mkdir, readFile, readdir, writeFile, appendFile } from 'node:
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { FileTable, type FileEntry } from '../servers/directory/file-table.js';
-import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, SNAPSHOT_FILE } from '../servers/directory/table-format.js';
+import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, REJECTED_FILE, SNAPSHOT_FILE } from '../servers/directory/table-format.js';
 import { DfsError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { removeDir, tempDir } from './helpers/process.js';
@@ -49,6 +49,11 @@ function contents(table: FileTable): Record<string, FileEntry> {
     out[name] = { epoch: entry.epoch, primary: entry.primary, replicas: [...entry.replicas] };
   }
   return out;
+}
+
+/** The rows of the rejected file, by column. */
+async function rejectedFile(dir: string): Promise<Array<Record<string, string>>> {
+  return parse(await readFile(join(dir, REJECTED_FILE), 'utf8'), { columns: true }) as Array<Record<string, string>>;
 }
 
 const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.code);
@@ -121,24 +126,32 @@ test('many concurrent creates share fsyncs and all become durable', async () => 
   assert.is(journal.split('\n').filter((line) => line.startsWith('add,burst/')).length, 1500);
 });
 
-test('a torn or damaged journal tail is skipped, and the table still loads', async () => {
+test('a torn or damaged journal tail is set aside, and the table still loads', async () => {
   const dir = await freshDir();
   const table = await openTable(dir);
   await table.create('kept.txt', fs1, [fs2]);
   const image = await crashImage(dir);
   // A create cut short: one replica row landed, the primary row only half.
-  await appendFile(join(image, JOURNAL_FILE), 'add,lost.txt,fs2,ws://127.0.0.1:12002,replica,2\nadd,lost.txt,fs1,ws://127.0.0.1:12');
+  const replicaRow = 'add,lost.txt,fs2,ws://127.0.0.1:12002,replica,2';
+  const tornRow = 'add,lost.txt,fs1,ws://127.0.0.1:12';
+  await appendFile(join(image, JOURNAL_FILE), `${replicaRow}\n${tornRow}`);
   const log = recordingLog();
   const loaded = await openTable(image, { log });
   assert.equal(loaded.list({ limit: 10 }).names, ['kept.txt']);
-  assert.ok(log.lines.some((l) => l.includes('skipped a damaged journal line')));
-  assert.ok(log.lines.some((l) => l.includes('dropped a file whose create was cut short') && l.includes('lost.txt')));
+  assert.is(loaded.rejectedAtLoad, 2);
+  const cutShort = log.lines.filter((l) => l.includes(' warn set aside a table row of a write cut short'));
+  assert.is(cutShort.length, 2);
+  assert.ok(cutShort.some((l) => l.includes('incomplete last line')));
+  assert.ok(cutShort.some((l) => l.includes('lost.txt has no primary row: a create cut short')));
+  assert.not.ok(log.lines.some((l) => l.includes(' error ')), 'crash leftovers are warnings, not errors');
+  assert.equal((await rejectedFile(image)).map((r) => r.row), [replicaRow, tornRow]);
   // Garbage from a crash in the middle of a write (zeros, a stray quote) does not hide later lines.
   const image2 = await crashImage(dir);
   await appendFile(join(image2, JOURNAL_FILE), '\0\0\0\0\n"broken,\nadd,late.txt,fs2,ws://127.0.0.1:12002,primary,9\n');
   const loaded2 = await openTable(image2, { log: recordingLog() });
   assert.equal(loaded2.list({ limit: 10 }).names, ['kept.txt', 'late.txt']);
   assert.ok(loaded2.lastIssuedEpoch >= 9);
+  assert.equal((await rejectedFile(image2)).map((r) => r.row), ['\0\0\0\0', '"broken,']);
 });
 
 test('replaying the journal over a snapshot that already holds it changes nothing', async () => {
@@ -253,32 +266,68 @@ test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank 
   );
 });
 
-test('a snapshot with a mistake is refused with the line and what is wrong', async () => {
-  const cases: Array<[string, RegExp]> = [
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primay,1\n', /line 2: role must be "primary" or "replica"/],
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\n../x,fs1,ws://h:1,primary,1\n', /line 3: bad file name/],
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\na.txt,fs2,ws://h:2,primary,1\n', /line 3: a.txt has two primary rows/],
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,replica,1\n', /line 2: a.txt has no primary row/],
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1\na.txt,fs2,ws://h:2,replica,2\n', /line 3: a.txt has rows with epochs 1 and 2/],
-    ['name,server,server_url,role,epoch\n', /unknown column "server"/],
-    ['name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primary,1,extra\n', /line 2: expected 5 values/],
+test('a snapshot with a mistake still loads: the bad rows are logged and set aside, verbatim, with the line and what is wrong', async () => {
+  const header = 'name,server_id,server_url,role,epoch';
+  const good = 'b.txt,fs1,ws://h:1,primary,1';
+  // [the snapshot's lines, the lines set aside, what is wrong, the files that load]
+  const cases: Array<[string[], number[], RegExp, string[]]> = [
+    [[header, 'a.txt,fs1,ws://h:1,primay,7', good], [2], /role must be "primary" or "replica"/, ['b.txt']],
+    [[header, 'a.txt,fs1,ws://h:1,primary,1', '../x,fs1,ws://h:1,primary,4'], [3], /bad file name/, ['a.txt']],
+    [[header, 'a.txt,fs1,ws://h:1,primary,1', 'a.txt,fs2,ws://h:2,primary,1'], [3], /a.txt has a second primary row/, ['a.txt']],
+    [[header, 'a.txt,fs1,ws://h:1,replica,1', 'a.txt,fs2,ws://h:2,replica,1', good], [2, 3], /a.txt has no primary row/, ['b.txt']],
+    [[header, 'a.txt,fs1,ws://h:1,primary,1', 'a.txt,fs2,ws://h:2,primary,2'], [2], /a.txt has rows with epochs 1 and 2/, ['a.txt']],
+    [['name,server,server_url,role,epoch', good], [1], /not a header \(unknown column "server"\)/, ['b.txt']],
+    [[header, 'a.txt,fs1,ws://h:1,primary,1,extra', good], [2], /expected 5 values/, ['b.txt']],
   ];
-  for (const [text, pattern] of cases) {
+  for (const [lines, setAside, pattern, loads] of cases) {
     const dir = await freshDir();
-    await writeFile(join(dir, SNAPSHOT_FILE), text);
-    const err = await FileTable.open(dir).then(
-      (t) => {
-        open.push(t);
-        return null;
-      },
-      (e: Error) => e,
-    );
-    assert.ok(err, `expected ${JSON.stringify(text)} to be refused`);
-    assert.match(err!.message, pattern);
-    assert.match(err!.message, /file_table\.csv/);
-    // Refusing changed nothing on disk.
-    assert.is(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), text);
+    await writeFile(join(dir, SNAPSHOT_FILE), lines.join('\n') + '\n');
+    const log = recordingLog();
+    const table = await openTable(dir, { log });
+    const what = JSON.stringify(lines);
+    assert.equal(table.list({ limit: 10 }).names, loads, what);
+    assert.is(table.rejectedAtLoad, setAside.length, what);
+    const rejected = await rejectedFile(dir);
+    assert.equal(rejected.map((r) => [Number(r.line), r.row]), setAside.map((line) => [line, lines[line - 1]]), what);
+    for (const r of rejected) {
+      assert.is(r.file, SNAPSHOT_FILE);
+      assert.match(r.problem, pattern, what);
+      assert.ok(log.lines.some((l) => l.includes(' error set aside a table row') && l.includes(`line=${r.line} `)), `${what}: a log line for line ${r.line}`);
+    }
+    assert.ok(log.lines.some((l) => l.includes('table rows set aside') && l.includes(join(dir, REJECTED_FILE))));
+    // Every epoch seen counts, so the epoch of a row set aside is never issued again.
+    const highest = Math.max(...lines.map((line) => Number(/,(\d+)$/.exec(line)?.[1] ?? 0)));
+    assert.is((await table.create('next.txt', fs1, [])).epoch, highest + 1, what);
+    await table.close();
+    // The snapshot is clean now: the next start sets nothing aside, and adds nothing to the file.
+    const again = await openTable(dir);
+    assert.is(again.rejectedAtLoad, 0);
+    assert.is((await rejectedFile(dir)).length, setAside.length);
   }
+});
+
+test('a line that is not UTF-8 is set aside with its bytes unchanged, not loaded with U+FFFD', async () => {
+  const dir = await freshDir();
+  const latin1 = Buffer.from('caf\xe9.txt,fs1,ws://h:1,primary,3', 'latin1');
+  await writeFile(join(dir, SNAPSHOT_FILE), Buffer.concat([Buffer.from('name,server_id,server_url,role,epoch\n'), latin1, Buffer.from('\nb.txt,fs1,ws://h:1,primary,1\n')]));
+  const table = await openTable(dir, { log: recordingLog() });
+  assert.equal(table.list({ limit: 10 }).names, ['b.txt']);
+  const bytes = await readFile(join(dir, REJECTED_FILE));
+  assert.ok(bytes.includes(Buffer.concat([Buffer.from(',"'), latin1, Buffer.from('"\n')])), bytes.toString('latin1'));
+  assert.match(bytes.toString('latin1'), /file_table\.csv,2,not valid UTF-8/);
+});
+
+test('rows are only dropped once they are safe in the rejected file: if it cannot be written, nothing changes', async () => {
+  const dir = await freshDir();
+  const text = 'name,server_id,server_url,role,epoch\na.txt,fs1,ws://h:1,primay,1\nb.txt,fs1,ws://h:1,primary,1\n';
+  await writeFile(join(dir, SNAPSHOT_FILE), text);
+  await mkdir(join(dir, REJECTED_FILE)); // a folder in its place: appending fails
+  const err = await FileTable.open(dir, { log: recordingLog() }).then(
+    (t) => (open.push(t), null),
+    (e: Error) => e,
+  );
+  assert.ok(err, 'the table must not open without a place for its rejected rows');
+  assert.is(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), text, 'the snapshot is not compacted');
 });
 
 test('a server URL change is written to its rows and survives a restart', async () => {

@@ -11,17 +11,21 @@
  *   work happens once per n changes, so it is O(1) per change amortized. While it runs, answers go
  *   on; only acknowledgements of changes wait.
  * - kill -9 at any instant leaves a loadable table: the snapshot is always a whole old or a whole
- *   new one; a journal line cut short is skipped; and replaying journal rows the snapshot already
- *   holds changes nothing.
- * - Loading compacts once, so that the snapshot on disk is clean and the journal empty; a clean
- *   stop compacts too, so a person can edit file_table.csv while the directory is stopped.
+ *   new one; a journal line cut short is set aside; and replaying journal rows the snapshot
+ *   already holds changes nothing.
+ * - Loading (rules: table-load.ts) uses every row it can; the others are logged and appended,
+ *   fsynced, to file_table.rejected.csv before anything else happens. Then it compacts once, so
+ *   that the snapshot on disk is clean and the journal empty. A crash between the two only means
+ *   the same rows are set aside again, and appear twice in the rejected file. A clean stop
+ *   compacts too, so a person can edit file_table.csv while the directory is stopped.
  *
  * Epochs: every create gets `++lastEpoch`. On load, lastEpoch is the highest epoch in the
- * snapshot, the journal (removals included) and file_table.epoch, which each compaction updates
- * before it drops rows; so an epoch is never issued twice, across deletes and restarts.
+ * snapshot, the journal (removals included, rows set aside included) and file_table.epoch, which
+ * each compaction updates before it drops rows; so an epoch is never issued twice, across
+ * deletes and restarts.
  */
-import { mkdir, readFile, readdir, unlink } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open as openFile, readFile, readdir, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { DfsError } from '../../shared/errors.js';
 import { fsyncDir, writeFileDurably } from '../../shared/durable.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
@@ -33,23 +37,26 @@ import {
   EPOCH_FILE,
   JOURNAL_FILE,
   JOURNAL_HEADER,
+  REJECTED_FILE,
+  REJECTED_HEADER,
   SNAPSHOT_FILE,
   SNAPSHOT_HEADER,
-  TableFileError,
   formatCopyRows,
   formatJournal,
-  lineOfRecord,
+  formatRejected,
   parseEpochMark,
-  parseJournal,
-  parseSnapshot,
+  tableLines,
   type CopyRow,
   type JournalRecord,
-  type SnapshotRow,
+  type RejectedRow,
 } from './table-format.js';
+import { loadTable } from './table-load.js';
 
 export const DEFAULT_COMPACT_AFTER_ROWS = 10_000;
 /** Files per piece when writing a snapshot: the event loop gets a turn between pieces. */
 const SNAPSHOT_PIECE_FILES = 4096;
+/** Rows set aside that get a log line each; the rejected file has them all. */
+const LOGGED_REJECTED_ROWS = 100;
 
 export interface FileEntry {
   readonly epoch: number;
@@ -99,6 +106,7 @@ export class FileTable {
   private lastEpoch = 0;
   private persistedEpoch = 0;
   private journalRows = 0;
+  private rejectedRows = 0;
   /** After a failed compaction, the next try waits for this many journal rows. */
   private retryCompactionAt = 0;
   private compacting: Promise<void> | null = null;
@@ -153,6 +161,11 @@ export class FileTable {
 
   get journalLength(): number {
     return this.journalRows;
+  }
+
+  /** Rows of the table on disk that the last load could not use, now in the rejected file. */
+  get rejectedAtLoad(): number {
+    return this.rejectedRows;
   }
 
   get(name: string): FileEntry | undefined {
@@ -367,42 +380,45 @@ export class FileTable {
 
   private async load(): Promise<void> {
     const epochText = await readIfExists(join(this.dir, EPOCH_FILE));
-    this.persistedEpoch = epochText === null ? 0 : parseEpochMark(epochText);
-    let highest = this.persistedEpoch;
+    this.persistedEpoch = epochText === null ? 0 : parseEpochMark(epochText.toString('utf8'));
+    const loaded = loadTable({
+      snapshot: tableLines((await readIfExists(join(this.dir, SNAPSHOT_FILE))) ?? Buffer.alloc(0)),
+      journal: tableLines((await readIfExists(join(this.dir, JOURNAL_FILE))) ?? Buffer.alloc(0)),
+      epochMark: this.persistedEpoch,
+    });
+    for (const note of loaded.notes) this.log[note.level](note.message, note.fields);
+    for (const [id, url] of loaded.urls) this.urls.set(id, url);
+    for (const [name, entry] of loaded.files) this.insert(name, entry);
+    this.lastEpoch = loaded.lastEpoch;
+    // Before open() compacts, which drops from the snapshot every row not loaded.
+    await this.setAside(loaded.rejected);
+    this.log.info('table loaded', {
+      files: this.entries.size,
+      rows: this.rowCount,
+      journalRows: loaded.journalRecords,
+      lastEpoch: this.lastEpoch,
+      rejectedRows: this.rejectedRows || undefined,
+    });
+  }
 
-    const snapshotText = (await readIfExists(join(this.dir, SNAPSHOT_FILE))) ?? '';
-    const rows = parseSnapshot(snapshotText);
-    const drafts = draftsFromSnapshot(rows, snapshotText, this.urls, this.log);
-    for (const row of rows) if (row.epoch !== null && row.epoch > highest) highest = row.epoch;
-
-    const journalText = (await readIfExists(join(this.dir, JOURNAL_FILE))) ?? '';
-    const { records, skipped } = parseJournal(journalText);
-    for (const { line, problem } of skipped) {
-      this.log.warn('skipped a damaged journal line (a write cut short by a crash; it was never acknowledged)', { file: JOURNAL_FILE, line, problem });
+  /** Logs the rows the load could not use and appends them, durably, to the rejected file. */
+  private async setAside(rows: readonly RejectedRow[]): Promise<void> {
+    this.rejectedRows = rows.length;
+    if (rows.length === 0) return;
+    for (const row of rows.slice(0, LOGGED_REJECTED_ROWS)) {
+      const fields = { file: row.file, line: row.line, problem: row.problem };
+      if (row.unacknowledged) this.log.warn('set aside a table row of a write cut short by a crash (never acknowledged)', fields);
+      else this.log.error('set aside a table row that cannot be loaded', fields);
     }
-    for (const record of records) {
-      if (record.epoch > highest) highest = record.epoch;
-      replay(drafts, this.urls, record);
-    }
-    this.lastEpoch = highest;
-
-    const withoutEpoch: string[] = [];
-    for (const [name, draft] of drafts) {
-      if (draft.primary === null) {
-        this.log.warn('dropped a file whose create was cut short (no primary row; it was never acknowledged)', { name });
-      } else if (draft.epoch === null) {
-        withoutEpoch.push(name);
-      } else {
-        this.insert(name, { epoch: draft.epoch, primary: draft.primary, replicas: draft.replicas });
-      }
-    }
-    for (const name of withoutEpoch.sort()) {
-      const draft = drafts.get(name)!;
-      const epoch = ++this.lastEpoch;
-      this.insert(name, { epoch, primary: draft.primary!, replicas: draft.replicas });
-      this.log.info('gave a hand-added file a fresh epoch', { name, epoch });
-    }
-    this.log.info('table loaded', { files: this.entries.size, rows: this.rowCount, journalRows: records.length, lastEpoch: this.lastEpoch });
+    const path = join(this.dir, REJECTED_FILE);
+    await appendDurably(path, REJECTED_HEADER, formatRejected(rows, new Date()));
+    const unlogged = rows.length - LOGGED_REJECTED_ROWS;
+    const mistakes = rows.some((row) => !row.unacknowledged);
+    this.log[mistakes ? 'error' : 'warn']('table rows set aside; the rest of the table is loaded and served', {
+      rows: rows.length,
+      notLogged: unlogged > 0 ? unlogged : undefined,
+      to: path,
+    });
   }
 
   // ------------------------------------------------------------------ benchmarks
@@ -441,83 +457,26 @@ export class FileTable {
 
 // -------------------------------------------------------------------- helpers
 
-interface Draft {
-  epoch: number | null;
-  primary: string | null;
-  replicas: string[];
-}
-
-/** Builds files from snapshot rows, refusing what a person could not have meant. */
-function draftsFromSnapshot(rows: readonly SnapshotRow[], text: string, urls: Map<string, string>, log: Logger): Map<string, Draft> {
-  const drafts = new Map<string, Draft>();
-  const firstRecord = new Map<string, number>();
-  const fail = (record: number, problem: string): never => {
-    throw new TableFileError(SNAPSHOT_FILE, `line ${lineOfRecord(text, record)}`, problem);
-  };
-  const urlConflicts = new Set<string>();
-  for (const row of rows) {
-    let draft = drafts.get(row.name);
-    if (!draft) {
-      drafts.set(row.name, (draft = { epoch: null, primary: null, replicas: [] }));
-      firstRecord.set(row.name, row.record);
-    }
-    if (row.epoch !== null) {
-      if (draft.epoch !== null && draft.epoch !== row.epoch) {
-        fail(row.record, `${row.name} has rows with epochs ${draft.epoch} and ${row.epoch}; all rows of a file share one epoch`);
-      }
-      draft.epoch = row.epoch;
-    }
-    if (draft.primary === row.serverId || draft.replicas.includes(row.serverId)) fail(row.record, `${row.name} is listed twice on server ${row.serverId}`);
-    if (row.role === 'primary') {
-      if (draft.primary !== null) fail(row.record, `${row.name} has two primary rows (${draft.primary} and ${row.serverId}); a file has one primary`);
-      draft.primary = row.serverId;
-    } else {
-      draft.replicas.push(row.serverId);
-    }
-    const known = urls.get(row.serverId);
-    if (known !== undefined && known !== row.serverUrl && !urlConflicts.has(row.serverId)) {
-      urlConflicts.add(row.serverId);
-      log.warn('server has rows with different URLs; using the last one', { file: SNAPSHOT_FILE, server: row.serverId, urls: [known, row.serverUrl] });
-    }
-    urls.set(row.serverId, row.serverUrl);
-  }
-  for (const [name, draft] of drafts) {
-    if (draft.primary === null) fail(firstRecord.get(name)!, `${name} has no primary row; mark one of its copies primary`);
-  }
-  return drafts;
-}
-
-/** Applies one journal record; applying any suffix of the journal twice changes nothing. */
-function replay(drafts: Map<string, Draft>, urls: Map<string, string>, record: JournalRecord): void {
-  const draft = drafts.get(record.name);
-  const epoch = draft?.epoch ?? 0;
-  if (record.op === 'remove') {
-    if (draft && epoch <= record.epoch) drafts.delete(record.name);
-    return;
-  }
-  urls.set(record.serverId, record.serverUrl);
-  if (epoch > record.epoch) return;
-  let target = draft;
-  if (!target || epoch < record.epoch) drafts.set(record.name, (target = { epoch: record.epoch, primary: null, replicas: [] }));
-  const id = record.serverId;
-  if (record.role === 'primary') {
-    if (target.primary !== id) {
-      target.replicas = target.replicas.filter((r) => r !== id);
-      target.primary = id;
-    }
-  } else {
-    if (target.primary === id) target.primary = null;
-    if (!target.replicas.includes(id)) target.replicas.push(id);
-  }
-}
-
-async function readIfExists(path: string): Promise<string | null> {
+async function readIfExists(path: string): Promise<Buffer | null> {
   try {
-    return await readFile(path, 'utf8');
+    return await readFile(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
   }
+}
+
+/** Appends `bytes` to `path` (after `header` if the file is new or empty), fsyncs it and its folder. */
+async function appendDurably(path: string, header: string, bytes: Buffer): Promise<void> {
+  const handle = await openFile(path, 'a');
+  try {
+    if ((await handle.stat()).size === 0) await handle.writeFile(header);
+    await handle.writeFile(bytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await fsyncDir(dirname(path));
 }
 
 /** Writes the snapshot piece by piece to a temp file, fsyncs it, renames it into place, fsyncs the folder. */

@@ -183,7 +183,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
           behindFiles: cluster.behindCount(id),
         };
       });
-      return { servers, files: table.size, replication: cluster.replication, lockUrl: options.lockUrl };
+      return { servers, files: table.size, replication: cluster.replication, lockUrl: options.lockUrl, rejectedRows: table.rejectedAtLoad };
     }),
 
     register: op(directoryOps.register, async ({ id, url }, ctx): Promise<RegisterResult> => {

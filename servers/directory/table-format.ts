@@ -1,6 +1,7 @@
 /**
  * The file table on disk: plain CSV that a person can read, and fix with a text editor while the
- * directory is stopped.
+ * directory is stopped. This module reads and writes single lines; the rules that join rows
+ * into files, and what is set aside when they cannot, are in table-load.ts.
  *
  * `file_table.csv` (the snapshot), one row per copy of a file:
  *
@@ -9,10 +10,10 @@
  *     notes/today.txt,fs2,ws://127.0.0.1:12002,replica,41
  *
  * Columns may come in any order (the header names them), spaces around values are ignored, blank
- * lines are skipped. Each file needs exactly one primary row; all its rows share one epoch. An
- * epoch left blank takes the epoch of the file's other rows, or a fresh one if none has one (so a
- * person can add a file by hand). A mistake stops the directory from starting, with the line and
- * what is wrong.
+ * lines are skipped. A header that does not name the five columns is read as a data row in the
+ * standard column order (so a table that lost its header still loads), with an error in the log.
+ * An epoch left blank takes the epoch of the file's other rows, or a fresh one if none has one
+ * (so a person can add a file by hand).
  *
  * `file_table.journal.csv`, the changes since the snapshot, appended and fsynced before each
  * change is acknowledged:
@@ -22,19 +23,18 @@
  *     add,notes/today.txt,fs1,ws://127.0.0.1:12001,primary,41
  *     remove,notes/today.txt,,,,41
  *
- * `add` puts one copy: a row with a newer epoch than the file's replaces the file (a re-created
- * name), an older one is ignored, an equal one sets that copy's role and URL (a primary row
- * replaces the previous primary). `remove` deletes the file if its epoch is at most the row's.
- * Replaying any suffix of the journal again therefore changes nothing, which is what makes a
- * crash between writing a new snapshot and emptying the journal harmless. A create writes its
- * replica rows before its primary row, and a file left without a primary by a write cut short
- * is dropped on load (it was never acknowledged). Damaged journal lines, which only a crash in
- * the middle of an unacknowledged write can leave, are skipped with a warning.
+ * `file_table.epoch`: the highest epoch ever issued, as of the last compaction.
  *
- * `file_table.epoch`: the highest epoch ever issued, as of the last compaction. Epochs are also
- * derived from every row of the snapshot and journal (removals included), so this file only
- * has to remember epochs of files deleted before a compaction dropped their rows.
+ * `file_table.rejected.csv`: rows the directory could not load, appended (and fsynced) before a
+ * compaction could drop them, each verbatim with where it was, why, and when:
+ *
+ *     rejected_at,file,line,problem,row
+ *     2025-01-02T03:04:05.678Z,file_table.csv,3,"x has rows with epochs 1 and 2; ...","x,fs1,ws://h:1,primary,1"
+ *
+ * Both tables are read line by line: no valid row spans lines (names and URLs hold no line
+ * breaks), so one damaged line, an unbalanced quote say, cannot swallow the lines after it.
  */
+import { isUtf8 } from 'node:buffer';
 import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { DfsError } from '../../shared/errors.js';
@@ -44,11 +44,14 @@ import { serverId as serverIdSchema, wsUrl as wsUrlSchema, type CopyRole } from 
 export const SNAPSHOT_FILE = 'file_table.csv';
 export const JOURNAL_FILE = 'file_table.journal.csv';
 export const EPOCH_FILE = 'file_table.epoch';
+export const REJECTED_FILE = 'file_table.rejected.csv';
 
 export const SNAPSHOT_COLUMNS = ['name', 'server_id', 'server_url', 'role', 'epoch'] as const;
 export const JOURNAL_COLUMNS = ['op', ...SNAPSHOT_COLUMNS] as const;
+export const REJECTED_COLUMNS = ['rejected_at', 'file', 'line', 'problem', 'row'] as const;
 export const SNAPSHOT_HEADER = SNAPSHOT_COLUMNS.join(',') + '\n';
 export const JOURNAL_HEADER = JOURNAL_COLUMNS.join(',') + '\n';
+export const REJECTED_HEADER = REJECTED_COLUMNS.join(',') + '\n';
 
 export interface CopyRow {
   name: string;
@@ -60,11 +63,37 @@ export interface CopyRow {
 
 export type JournalRecord = ({ op: 'add' } & CopyRow) | { op: 'remove'; name: string; epoch: number };
 
+/** Where a row was read: its line, from 1. */
+interface Located {
+  line: number;
+}
+
 /** A snapshot row; `epoch` is null where a person left it blank. */
-export interface SnapshotRow extends Omit<CopyRow, 'epoch'> {
+export interface SnapshotRow extends Omit<CopyRow, 'epoch'>, Located {
   epoch: number | null;
-  /** Index among the data records, to find its line for an error message. */
-  record: number;
+}
+
+export type JournalEntry = JournalRecord & Located;
+
+/** One line of a table file, without its line ending: its text, or its bytes when they are not UTF-8. */
+export type TableLine = string | Uint8Array;
+
+/** A line that was not loaded. It is kept, verbatim, in the rejected file. */
+export interface RejectedRow extends Located {
+  file: typeof SNAPSHOT_FILE | typeof JOURNAL_FILE;
+  row: TableLine;
+  problem: string;
+  /** The row's epoch where it can be read: it still counts toward the highest epoch issued. */
+  epoch: number | null;
+  /** Left by a crash in the middle of a write that was never acknowledged, not by a mistake. */
+  unacknowledged: boolean;
+}
+
+/** Something a loader reports in the log that is not about one rejected row. */
+export interface TableNote {
+  level: 'error' | 'warn' | 'info';
+  message: string;
+  fields: Record<string, unknown>;
 }
 
 // ------------------------------------------------------------------ writing
@@ -79,13 +108,80 @@ export function formatJournal(records: readonly JournalRecord[]): string {
   );
 }
 
-// ------------------------------------------------------------------ checking values
+/**
+ * Rejected rows as lines of the rejected file. The `row` column holds the line's bytes exactly,
+ * quoted as CSV, even when they are not UTF-8: nothing of what was set aside is changed.
+ */
+export function formatRejected(rows: readonly RejectedRow[], at: Date): Buffer {
+  const when = at.toISOString();
+  return Buffer.concat(
+    rows.flatMap((r) => {
+      const fields = stringify([[when, r.file, String(r.line), r.problem]]).slice(0, -1);
+      // latin1 maps bytes to code units one to one, so quoting there leaves every other byte alone.
+      const bytes = typeof r.row === 'string' ? Buffer.from(r.row, 'utf8') : Buffer.from(r.row);
+      const quoted = Buffer.from(`"${bytes.toString('latin1').replaceAll('"', '""')}"\n`, 'latin1');
+      return [Buffer.from(`${fields},`, 'utf8'), quoted];
+    }),
+  );
+}
+
+// ------------------------------------------------------------------ lines and values
+
+/**
+ * Splits a table file into lines, line endings removed; the last element is whatever follows
+ * the last newline ("" when the file ends with one). Lines whose bytes are not UTF-8 are given as
+ * bytes, so that they are refused instead of loaded with U+FFFD in place of what they said.
+ */
+export function tableLines(bytes: Uint8Array): TableLine[] {
+  const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (isUtf8(buffer)) return buffer.toString('utf8').split('\n').map(withoutCr);
+  const lines: TableLine[] = [];
+  for (let start = 0; ; ) {
+    const end = buffer.indexOf(0x0a, start);
+    let line = buffer.subarray(start, end === -1 ? buffer.length : end);
+    if (line.at(-1) === 0x0d) line = line.subarray(0, -1);
+    lines.push(isUtf8(line) ? line.toString('utf8') : line);
+    if (end === -1) return lines;
+    start = end + 1;
+  }
+}
+
+/** The lines of a text, as tableLines gives them: for tests and for text already decoded. */
+export function linesOf(text: string): TableLine[] {
+  return text.split('\n').map(withoutCr);
+}
+
+function withoutCr(line: string): string {
+  return line.endsWith('\r') ? line.slice(0, -1) : line;
+}
+
+const NOT_UTF8 = 'not valid UTF-8 (was the file saved in another encoding?)';
+
+/** The values of one CSV line, or what is wrong with it. */
+function csvFields(line: string, trim: boolean): string[] | string {
+  if (!line.includes('"')) {
+    const fields = line.split(',');
+    return trim ? fields.map((f) => f.trim()) : fields;
+  }
+  try {
+    const parsed = parse(line, { relax_column_count: true, trim }) as string[][];
+    if (parsed.length !== 1) return 'not one CSV row';
+    return parsed[0]!;
+  } catch (err) {
+    return `not valid CSV (${(err as Error).message})`;
+  }
+}
 
 function epochProblem(text: string): string | null {
   if (!/^\d+$/.test(text)) return `epoch must be a whole number, not ${JSON.stringify(text)}`;
   const value = Number(text);
   if (value < 1 || !Number.isSafeInteger(value)) return `epoch must be from 1 to ${Number.MAX_SAFE_INTEGER}, not ${text}`;
   return null;
+}
+
+/** The epoch in `text` if it is a valid one, else null. */
+function readableEpoch(text: string | undefined): number | null {
+  return text !== undefined && epochProblem(text) === null ? Number(text) : null;
 }
 
 /**
@@ -115,127 +211,153 @@ class CopyChecker {
 
 // ------------------------------------------------------------------ reading the snapshot
 
+export interface ParsedSnapshot {
+  rows: SnapshotRow[];
+  rejected: RejectedRow[];
+  notes: TableNote[];
+}
+
+/** Positions of the snapshot's columns in a line, by column. */
+type ColumnOrder = Record<(typeof SNAPSHOT_COLUMNS)[number], number>;
+
+const STANDARD_ORDER = Object.fromEntries(SNAPSHOT_COLUMNS.map((column, i) => [column, i])) as ColumnOrder;
+
+/** The column order a header line gives, or why it is not a header. */
+function headerOrder(line: TableLine): ColumnOrder | string {
+  if (typeof line !== 'string') return NOT_UTF8;
+  const fields = csvFields(line, true);
+  if (typeof fields === 'string') return fields;
+  const order: Partial<ColumnOrder> = {};
+  for (const [i, field] of fields.entries()) {
+    const column = field.toLowerCase() as keyof ColumnOrder;
+    if (!SNAPSHOT_COLUMNS.includes(column)) return `unknown column ${JSON.stringify(field)}`;
+    if (order[column] !== undefined) return `column ${column} appears twice`;
+    order[column] = i;
+  }
+  const missing = SNAPSHOT_COLUMNS.find((column) => order[column] === undefined);
+  return missing === undefined ? (order as ColumnOrder) : `no ${missing} column`;
+}
+
+/**
+ * Parses and checks the snapshot's lines one by one; file-level rules are table-load.ts's. A
+ * line that fails is rejected, and the others still load.
+ */
+export function parseSnapshot(lines: readonly TableLine[]): ParsedSnapshot {
+  const rows: SnapshotRow[] = [];
+  const rejected: RejectedRow[] = [];
+  const notes: TableNote[] = [];
+  const isBlank = (line: TableLine) => typeof line === 'string' && line.trim() === '';
+  const first = lines.findIndex((line) => !isBlank(line));
+  if (first === -1) return { rows, rejected, notes };
+
+  const firstLine = lines[first]!;
+  const header = typeof firstLine === 'string' ? firstLine.replace(/^\ufeff/, '') : firstLine;
+  let order = headerOrder(header);
+  let headerProblem: string | null = null;
+  if (typeof order === 'string') {
+    headerProblem = order;
+    order = STANDARD_ORDER;
+    notes.push({
+      level: 'error',
+      message: `the header does not name the columns ${SNAPSHOT_COLUMNS.join(',')}; reading the rows in that order, the first line included`,
+      fields: { file: SNAPSHOT_FILE, line: first + 1, problem: headerProblem },
+    });
+  }
+  const checker = new CopyChecker();
+  const readLine = (line: TableLine, index: number) => {
+    const parsed = parseSnapshotLine(line, index + 1, order as ColumnOrder, checker);
+    if ('problem' in parsed) {
+      if (index === first) parsed.problem = `not a header (${headerProblem}), nor a valid row (${parsed.problem})`;
+      rejected.push(parsed);
+    } else {
+      rows.push(parsed);
+    }
+  };
+  if (headerProblem !== null) readLine(header, first);
+  for (let i = first + 1; i < lines.length; i++) if (!isBlank(lines[i]!)) readLine(lines[i]!, i);
+  return { rows, rejected, notes };
+}
+
+function parseSnapshotLine(line: TableLine, lineNumber: number, order: ColumnOrder, checker: CopyChecker): SnapshotRow | RejectedRow {
+  const reject = (problem: string, epoch: number | null = null): RejectedRow => ({ file: SNAPSHOT_FILE, line: lineNumber, row: line, problem, epoch, unacknowledged: false });
+  if (typeof line !== 'string') return reject(NOT_UTF8);
+  const fields = csvFields(line, true);
+  if (typeof fields === 'string') return reject(fields);
+  if (fields.length !== SNAPSHOT_COLUMNS.length) return reject(`expected ${SNAPSHOT_COLUMNS.length} values, found ${fields.length}`);
+  const name = fields[order.name]!;
+  const serverId = fields[order.server_id]!;
+  const serverUrl = fields[order.server_url]!;
+  const role = fields[order.role]!.toLowerCase();
+  const epochText = fields[order.epoch]!;
+  const epoch = readableEpoch(epochText);
+  const problem = checker.problem(name, serverId, serverUrl, role) ?? (epochText === '' ? null : epochProblem(epochText));
+  if (problem !== null) return reject(problem, epoch);
+  return { name, serverId, serverUrl, role: role as CopyRole, epoch, line: lineNumber };
+}
+
+// ------------------------------------------------------------------ reading the journal
+
+export interface ParsedJournal {
+  records: JournalEntry[];
+  /** Lines not loaded. Lines a crash can leave (cut short, garbled) are marked unacknowledged. */
+  rejected: RejectedRow[];
+}
+
+/** Parses the journal line by line; the last line, without its newline, is a write cut short. */
+export function parseJournal(lines: readonly TableLine[]): ParsedJournal {
+  const records: JournalEntry[] = [];
+  const rejected: RejectedRow[] = [];
+  const checker = new CopyChecker();
+  const header = JOURNAL_HEADER.trimEnd();
+  const last = lines.length - 1;
+  lines.forEach((line, i) => {
+    if (line === '' || line === header) return;
+    const parsed = parseJournalLine(line, i + 1, checker);
+    if (i === last) {
+      // Without its newline the write was cut short, whatever the line looks like: never acknowledged.
+      rejected.push({ file: JOURNAL_FILE, line: i + 1, row: line, problem: 'incomplete last line (a write cut short)', epoch: parsed.epoch, unacknowledged: true });
+    } else if ('problem' in parsed) {
+      rejected.push(parsed);
+    } else {
+      records.push(parsed);
+    }
+  });
+  return { records, rejected };
+}
+
+function parseJournalLine(line: TableLine, lineNumber: number, checker: CopyChecker): JournalEntry | RejectedRow {
+  // Damage to a line's shape is what a crash mid-write leaves; a well-shaped row with a wrong
+  // value is not.
+  const reject = (problem: string, epoch: number | null, unacknowledged: boolean): RejectedRow => ({ file: JOURNAL_FILE, line: lineNumber, row: line, problem, epoch, unacknowledged });
+  if (typeof line !== 'string') return reject(NOT_UTF8, null, true);
+  const fields = csvFields(line, false);
+  if (typeof fields === 'string') return reject(fields, null, true);
+  if (fields.length !== JOURNAL_COLUMNS.length) return reject(`expected ${JOURNAL_COLUMNS.length} values, found ${fields.length}`, null, true);
+  const [op, name, serverId, serverUrl, role, epochText] = fields as [string, string, string, string, string, string];
+  const epoch = readableEpoch(epochText);
+  if (epoch === null) return reject(epochProblem(epochText)!, null, false);
+  if (op === 'remove') {
+    const problem = nameProblem(name);
+    return problem === null ? { op, name, epoch, line: lineNumber } : reject(`bad file name: ${problem}`, epoch, false);
+  }
+  if (op !== 'add') return reject(`unknown op ${JSON.stringify(op)}`, epoch, false);
+  const problem = checker.problem(name, serverId, serverUrl, role);
+  return problem === null ? { op, name, serverId, serverUrl, role: role as CopyRole, epoch, line: lineNumber } : reject(problem, epoch, false);
+}
+
+// ------------------------------------------------------------------ the epoch mark
+
 export class TableFileError extends DfsError {
   constructor(file: string, where: string, problem: string) {
     super('BAD_REQUEST', `${file}${where ? ` ${where}` : ''}: ${problem}; fix it (or restore a backup) and start again`);
   }
 }
 
-// bom: editors on some systems start a saved file with a byte-order mark.
-const csvOptions = { bom: true, trim: true, skip_empty_lines: true, relax_column_count: true } as const;
-
-/** The line a data record starts on, found by parsing again (only for error messages). */
-export function lineOfRecord(text: string, record: number): number {
-  try {
-    const parsed = parse(text, { ...csvOptions, info: true }) as unknown as Array<{ info: { lines: number } }>;
-    return parsed[record + 1]?.info.lines ?? 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** Parses and checks the snapshot's rows one by one; file-level rules are checked by the loader. */
-export function parseSnapshot(text: string, file: string = SNAPSHOT_FILE): SnapshotRow[] {
-  if (text.trim() === '') return [];
-  let records: string[][];
-  try {
-    records = parse(text, csvOptions) as string[][];
-  } catch (err) {
-    const e = err as Error & { lines?: number };
-    throw new TableFileError(file, e.lines ? `line ${e.lines}` : '', `not valid CSV (${e.message})`);
-  }
-  const header = records[0]!.map((column) => column.toLowerCase());
-  const index = new Map<string, number>();
-  header.forEach((column, i) => {
-    if (!(SNAPSHOT_COLUMNS as readonly string[]).includes(column)) {
-      throw new TableFileError(file, 'line 1', `unknown column ${JSON.stringify(column)}; the header must name the columns ${SNAPSHOT_COLUMNS.join(',')}`);
-    }
-    if (index.has(column)) throw new TableFileError(file, 'line 1', `column ${column} appears twice`);
-    index.set(column, i);
-  });
-  for (const column of SNAPSHOT_COLUMNS) {
-    if (!index.has(column)) throw new TableFileError(file, 'line 1', `the header has no ${column} column; it must name the columns ${SNAPSHOT_COLUMNS.join(',')}`);
-  }
-  const at = (record: string[], column: string) => record[index.get(column)!] ?? '';
-  const checker = new CopyChecker();
-  const rows: SnapshotRow[] = [];
-  for (let i = 1; i < records.length; i++) {
-    const record = records[i]!;
-    const fail = (problem: string): never => {
-      throw new TableFileError(file, `line ${lineOfRecord(text, i - 1)}`, problem);
-    };
-    if (record.length !== header.length) fail(`expected ${header.length} values, found ${record.length}`);
-    const name = at(record, 'name');
-    const serverId = at(record, 'server_id');
-    const serverUrl = at(record, 'server_url');
-    const role = at(record, 'role').toLowerCase();
-    const epochText = at(record, 'epoch');
-    const problem = checker.problem(name, serverId, serverUrl, role) ?? (epochText === '' ? null : epochProblem(epochText));
-    if (problem !== null) fail(problem);
-    rows.push({ name, serverId, serverUrl, role: role as CopyRole, epoch: epochText === '' ? null : Number(epochText), record: i - 1 });
-  }
-  return rows;
-}
-
-// ------------------------------------------------------------------ reading the journal
-
-export interface ParsedJournal {
-  records: JournalRecord[];
-  /** Lines skipped, with why: damage a crash left in an unacknowledged write. */
-  skipped: Array<{ line: number; problem: string }>;
-}
-
 /**
- * Parses the journal line by line (no valid row spans lines: names and URLs hold no line
- * breaks), so that one damaged line cannot swallow the ones after it.
+ * The only table file whose damage stops the directory: without the mark, an epoch of a file
+ * deleted before the last compaction could be issued again. It is replaced whole by rename, so
+ * only a hand edit can damage it.
  */
-export function parseJournal(text: string): ParsedJournal {
-  const records: JournalRecord[] = [];
-  const skipped: ParsedJournal['skipped'] = [];
-  const lines = text.split('\n');
-  // Text after the last newline is a line whose write was cut short.
-  const torn = lines.pop() ?? '';
-  const checker = new CopyChecker();
-  lines.forEach((raw, i) => {
-    const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
-    if (line === '' || line === JOURNAL_HEADER.trimEnd()) return;
-    const parsed = parseJournalLine(line, checker);
-    if (typeof parsed === 'string') skipped.push({ line: i + 1, problem: parsed });
-    else records.push(parsed);
-  });
-  if (torn !== '') skipped.push({ line: lines.length + 1, problem: 'incomplete last line' });
-  return { records, skipped };
-}
-
-function parseJournalLine(line: string, checker: CopyChecker): JournalRecord | string {
-  let fields: string[];
-  if (!line.includes('"')) {
-    fields = line.split(',');
-  } else {
-    try {
-      const parsed = parse(line, { relax_column_count: true }) as string[][];
-      if (parsed.length !== 1) return 'not one CSV row';
-      fields = parsed[0]!;
-    } catch (err) {
-      return `not valid CSV (${(err as Error).message})`;
-    }
-  }
-  if (fields.length !== JOURNAL_COLUMNS.length) return `expected ${JOURNAL_COLUMNS.length} values, found ${fields.length}`;
-  const [op, name, serverId, serverUrl, role, epochText] = fields as [string, string, string, string, string, string];
-  const epochIssue = epochProblem(epochText);
-  if (epochIssue !== null) return epochIssue;
-  const epoch = Number(epochText);
-  if (op === 'remove') {
-    const problem = nameProblem(name);
-    return problem === null ? { op, name, epoch } : `bad file name: ${problem}`;
-  }
-  if (op !== 'add') return `unknown op ${JSON.stringify(op)}`;
-  const problem = checker.problem(name, serverId, serverUrl, role);
-  return problem ?? { op, name, serverId, serverUrl, role: role as CopyRole, epoch };
-}
-
-// ------------------------------------------------------------------ the epoch mark
-
 export function parseEpochMark(text: string): number {
   const value = text.trim();
   const problem = epochProblem(value);
