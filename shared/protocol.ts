@@ -176,7 +176,13 @@ export interface HoldingsResult {
 
 /** Expands a holdings page into Holdings with server URLs. */
 export function holdingsOf(page: HoldingsResult): Holding[] {
-  const ref = (id: string): ServerRef => ({ id, url: page.servers[id] ?? '' });
+  // One ServerRef per server, shared by every copy of the page: 100,000 holdings stay small.
+  const refs = new Map<string, ServerRef>();
+  const ref = (id: string): ServerRef => {
+    let known = refs.get(id);
+    if (!known) refs.set(id, (known = { id, url: page.servers[id] ?? '' }));
+    return known;
+  };
   return page.copies.map((c) => ({ name: c.name, epoch: c.epoch, role: c.role, primary: ref(c.primary), replicas: c.replicas.map(ref) }));
 }
 

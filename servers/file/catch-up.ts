@@ -18,6 +18,7 @@
  * Every list sent goes in batches sized by bytes (shared/pages.ts), so catch-up works the same
  * with 100,000 files as with ten.
  */
+import { eachLimited } from '../../shared/concurrency.js';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_BYTES, byteBatches, jsonBytes } from '../../shared/pages.js';
@@ -52,16 +53,6 @@ function versionBatches<T>(items: T[], nameOf: (item: T) => string): Iterable<T[
 async function askVersions(conn: RpcConnection, names: string[]): Promise<Map<string, RemoteVersion>> {
   const { files } = (await conn.call('versions', { names })).result as VersionsResult;
   return new Map(files.map((f) => [f.name, f]));
-}
-
-/** Runs `task` over `items`, at most `limit` at a time. */
-async function eachLimited<T>(items: T[], limit: number, task: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) await task(items[next++]!);
-    }),
-  );
 }
 
 export class CatchUp {

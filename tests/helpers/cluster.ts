@@ -110,7 +110,7 @@ export class Cluster {
       ['--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel, ...this.options.fileServerArgs],
       env,
     );
-    await s.proc.waitForLine(/listening/);
+    await s.proc.waitForLine(/listening/, this.options.syncTimeoutMs);
     return s;
   }
 

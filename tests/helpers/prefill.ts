@@ -8,6 +8,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FileTable } from '../../servers/directory/file-table.js';
 import { encodeHeader, nameKey, versionFileName } from '../../servers/file/version-file.js';
+import { eachLimited } from '../../shared/concurrency.js';
 import { MAX_NAME_BYTES } from '../../shared/names.js';
 import type { ClusterLayout } from './cluster.js';
 
@@ -37,16 +38,6 @@ export function contentOf(name: string, version: number): Buffer {
   return Buffer.from(`version ${version} of ${name}\n`);
 }
 
-/** Runs `task` over 0..count-1, `limit` at a time. */
-async function pool(count: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: limit }, async () => {
-      while (next < count) await task(next++);
-    }),
-  );
-}
-
 /**
  * Lays down `files` files, placed as FileTable.prefill places them (file i: primary
  * servers[i % n], replicas the next ones, epoch i + 1), each at version 1 on every copy.
@@ -55,7 +46,7 @@ export async function prefillCluster(layout: ClusterLayout, files: number, nameO
   const servers = layout.servers.map(({ id, url }) => ({ id, url }));
   await FileTable.prefill(layout.directoryData, { files, servers, replication: servers.length, nameOf });
   for (const server of layout.servers) await mkdir(join(server.data, 'store'), { recursive: true });
-  await pool(files, 64, async (i) => {
+  await eachLimited(Array.from({ length: files }, (_, i) => i), 64, async (i) => {
     const name = nameOf(i);
     const epoch = i + 1;
     const content = contentOf(name, 1);

@@ -55,6 +55,7 @@ test.before(async () => {
 
 test.after(async () => {
   client?.close();
+  if (!cluster) return;
   for (const [name, proc] of [['lock', cluster.lock], ['directory', cluster.directory], ...cluster.servers.map((s) => [s.id, s.proc] as const)] as const) {
     if (proc && !proc.exit) report('peak RSS', { service: name, MiB: ((await Cluster.peakRss(proc.pid)) / 2 ** 20).toFixed(0) });
   }
