@@ -277,6 +277,7 @@ export class CatchUp {
       }),
     );
     for (const h of primaries) this.reconciled.add(h.name);
+    this.server.writes.markReconciled(primaries.map((h) => h.name));
     if (unreachable.size > 0) this.log.info('replicas unreachable during catch-up; their copies are marked behind', { replicas: [...unreachable].join(',') });
     return reported;
   }

@@ -4,7 +4,7 @@ import { COMMON_USAGE, parsePositiveInt, parseServiceArgs } from '../../shared/a
 import { createLogger } from '../../shared/log.js';
 import { serverId } from '../../shared/protocol.js';
 import { runService } from '../../shared/service.js';
-import { FileServer } from './service.js';
+import { DEFAULT_REPLICA_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS, FileServer } from './service.js';
 
 const usage = `usage: npm run file-server -- [options]
 
@@ -14,6 +14,10 @@ A file server: stores files durably, as primary for some and replica for others.
   --directory URL      the directory service (default $DFS_DIRECTORY or ws://127.0.0.1:9090)
   --advertise URL      the URL others use to reach this server (default ws://host:port)
   --max-file-bytes N   largest file accepted (default 8 GiB)
+  --stall-timeout-ms N abort a write whose stream delivers nothing for N ms (default ${DEFAULT_STALL_TIMEOUT_MS})
+  --replica-timeout-ms N
+                       drop a replica that does not answer for N ms from a write, and mark
+                       it behind (default ${DEFAULT_REPLICA_TIMEOUT_MS})
 ${COMMON_USAGE}
   (defaults: --port 12001, --data data/<id>)`;
 
@@ -26,6 +30,8 @@ const args = parseServiceArgs(process.argv.slice(2), {
     directory: { type: 'string' },
     advertise: { type: 'string' },
     'max-file-bytes': { type: 'string' },
+    'stall-timeout-ms': { type: 'string' },
+    'replica-timeout-ms': { type: 'string' },
   },
 });
 
@@ -35,8 +41,12 @@ if (!serverId.safeParse(id).success) {
   process.exit(2);
 }
 let maxFileBytes = 8 * 1024 ** 3;
+let stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS;
+let replicaTimeoutMs = DEFAULT_REPLICA_TIMEOUT_MS;
 try {
   if (typeof args.values['max-file-bytes'] === 'string') maxFileBytes = parsePositiveInt(args.values['max-file-bytes'], '--max-file-bytes');
+  if (typeof args.values['stall-timeout-ms'] === 'string') stallTimeoutMs = parsePositiveInt(args.values['stall-timeout-ms'], '--stall-timeout-ms', 3_600_000);
+  if (typeof args.values['replica-timeout-ms'] === 'string') replicaTimeoutMs = parsePositiveInt(args.values['replica-timeout-ms'], '--replica-timeout-ms', 600_000);
 } catch (err) {
   process.stderr.write(`error: ${(err as Error).message}\n`);
   process.exit(2);
@@ -53,6 +63,8 @@ await runService(log, () =>
     directoryUrl,
     dataDir: args.data || `data/${id}`,
     maxFileBytes,
+    stallTimeoutMs,
+    replicaTimeoutMs,
     log,
     connections: args.connections,
   }),

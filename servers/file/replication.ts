@@ -10,15 +10,18 @@
  *   4. a replica that failed at any step is reported to the directory as behind, so no read is
  *      sent to it until it catches up; only then is the client answered.
  *
- * A crash before 2 leaves the old version everywhere; after 2 the primary has the new one and
- * the replicas catch up from it when they (or it) come back.
+ * Every exchange with a replica is bounded by the replica timeout (peer-health.ts): a replica
+ * that goes silent is dropped from this write and skipped by the next ones until it answers
+ * again, so one frozen replica cannot stall writes. docs/PROTOCOL.md argues each crash point.
  */
 import type { Logger } from '../../shared/log.js';
+import { crashArmed, crashPoint } from '../../shared/crash-points.js';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Holding, PreparedResult, ServerRef, WriteMode } from '../../shared/protocol.js';
 import type { ConnectionPool } from '../../shared/pool.js';
 import { ChunkPipe } from '../../shared/pipe.js';
-import type { Response } from '../../shared/rpc.js';
+import type { Response, RpcConnection } from '../../shared/rpc.js';
+import type { PeerHealth } from './peer-health.js';
 
 export interface ReplicaTransfer {
   replica: ServerRef;
@@ -39,26 +42,56 @@ export interface ReplicationRequest {
   body: Buffer | undefined;
 }
 
-const REPLICA_TIMEOUT_MS = 30_000;
+export interface Replicator {
+  peers: ConnectionPool;
+  health: PeerHealth;
+  log: Logger;
+}
+
+/** The whole-exchange bound beyond liveness: a replica that answers pings but never the request. */
+const REPLICA_CALL_TIMEOUT_MS = 120_000;
+
+/** The open connection to a replica, within the replica timeout; the peer is skipped after a timeout. */
+export async function replicaConnection(r: Replicator, url: string): Promise<RpcConnection> {
+  if (r.health.isSkipped(url)) throw new DfsError('UNAVAILABLE', `replica ${url} is not answering; going on without it`);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      r.peers.get(url),
+      new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => {
+          r.health.markSkipped(url);
+          reject(new DfsError('TIMEOUT', `replica ${url} did not accept a connection within ${r.health.timeoutMs} ms`));
+        }, r.health.timeoutMs);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One call to a replica, bounded by its liveness. */
+export async function callReplica(r: Replicator, url: string, op: string, args: unknown, options: { body?: Buffer; stream?: AsyncIterable<Buffer> } = {}): Promise<Response> {
+  const conn = await replicaConnection(r, url);
+  const abort = new AbortController();
+  return r.health.watch(url, conn, conn.call(op, args, { ...options, timeoutMs: REPLICA_CALL_TIMEOUT_MS, signal: abort.signal }), (err) => abort.abort(err));
+}
 
 /** Opens a `rep.write` to every replica; the content follows inline or through the pipes. */
-export function startReplication(peers: ConnectionPool, request: ReplicationRequest, log: Logger): ReplicaTransfer[] {
+export function startReplication(r: Replicator, request: ReplicationRequest): ReplicaTransfer[] {
   const { holding, version, baseVersion, mode, size, mtime, from, body } = request;
   return holding.replicas.map((replica) => {
     const pipe = body === undefined ? new ChunkPipe() : null;
     const args = { name: holding.name, epoch: holding.epoch, version, baseVersion, mode, size, from, mtime };
-    const prepared = peers
-      .get(replica.url)
-      .then((conn) => conn.call('rep.write', args, pipe ? { stream: pipe, timeoutMs: REPLICA_TIMEOUT_MS } : { body, timeoutMs: REPLICA_TIMEOUT_MS }))
-      .then(
-        (res: Response) => res.result as PreparedResult,
-        (err: unknown) => {
-          const error = toDfsError(err);
-          pipe?.fail(error);
-          log.debug('replica did not prepare', { name: holding.name, replica: replica.id, error: error.message });
-          return error;
-        },
-      );
+    const prepared = callReplica(r, replica.url, 'rep.write', args, pipe ? { stream: pipe } : { body }).then(
+      (res: Response) => res.result as PreparedResult,
+      (err: unknown) => {
+        const error = toDfsError(err);
+        pipe?.fail(error);
+        r.log.debug('replica did not prepare', { name: holding.name, replica: replica.id, error: error.message });
+        return error;
+      },
+    );
     return { replica, prepared, pipe };
   });
 }
@@ -81,11 +114,10 @@ export function abortReplicas(transfers: ReplicaTransfer[], err: DfsError): void
  * primary (`commitLocal`), then the replicas. Returns the replicas that did not make it.
  */
 export async function finishReplication(
-  peers: ConnectionPool,
+  r: Replicator,
   transfers: ReplicaTransfer[],
   expected: { name: string; epoch: number; version: number; sha256: string; from: string },
   commitLocal: () => Promise<void>,
-  log: Logger,
 ): Promise<ServerRef[]> {
   const outcomes = await Promise.all(transfers.map((t) => t.prepared));
   const skipped: ServerRef[] = [];
@@ -94,25 +126,30 @@ export async function finishReplication(
     const replica = transfers[i]!.replica;
     if (outcome instanceof DfsError) skipped.push(replica);
     else if (outcome.sha256 !== expected.sha256 || outcome.version !== expected.version) {
-      log.warn('replica prepared different content', { name: expected.name, replica: replica.id, version: outcome.version });
+      r.log.warn('replica prepared different content', { name: expected.name, replica: replica.id, version: outcome.version });
       skipped.push(replica);
     } else ready.push(replica);
   });
   await commitLocal();
-  const commits = await Promise.all(
-    ready.map((replica) =>
-      peers
-        .get(replica.url)
-        .then((conn) => conn.call('rep.commit', { name: expected.name, epoch: expected.epoch, version: expected.version, from: expected.from }, { timeoutMs: REPLICA_TIMEOUT_MS }))
-        .then(
-          () => null,
-          (err: unknown) => {
-            log.debug('replica did not commit', { name: expected.name, replica: replica.id, error: toDfsError(err).message });
-            return replica;
-          },
-        ),
-    ),
-  );
+  crashPoint('write:after-primary-commit', expected.name, r.log);
+  const commit = (replica: ServerRef) =>
+    callReplica(r, replica.url, 'rep.commit', { name: expected.name, epoch: expected.epoch, version: expected.version, from: expected.from }).then(
+      () => null,
+      (err: unknown) => {
+        r.log.debug('replica did not commit', { name: expected.name, replica: replica.id, error: toDfsError(err).message });
+        return replica;
+      },
+    );
+  let commits: Array<ServerRef | null>;
+  if (crashArmed('write:after-replica-commit', expected.name) && ready.length > 1) {
+    // Only when that crash point is armed: one replica commits, the process dies before the next.
+    const first = await commit(ready[0]!);
+    crashPoint('write:after-replica-commit', expected.name, r.log);
+    commits = [first, ...(await Promise.all(ready.slice(1).map(commit)))];
+  } else {
+    commits = await Promise.all(ready.map(commit));
+    if (ready.length > 0) crashPoint('write:after-replica-commit', expected.name, r.log);
+  }
   for (const failed of commits) if (failed) skipped.push(failed);
   return skipped;
 }

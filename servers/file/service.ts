@@ -3,7 +3,6 @@
  * Wires the version store, the replication protocol and catch-up to the RPC server, and keeps
  * the server registered and heartbeating with the directory.
  */
-import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
@@ -19,20 +18,21 @@ import {
   type Holding,
   type HoldingsResult,
   type InfoResult,
-  type PreparedResult,
   type ReadResult,
   type RegisterResult,
   type HeartbeatResult,
   type VersionsResult,
-  type WriteResult,
 } from '../../shared/protocol.js';
-import { RpcServer, Reply, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
+import { RpcServer, Reply, op, type RpcConnection } from '../../shared/rpc.js';
 import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
-import { abortReplicas, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
-import { FileStore, type StagedVersion, type StoredVersion } from './store.js';
-import { publicMeta, type VersionHeader } from './version-file.js';
+import { FileStore, type StoredVersion } from './store.js';
+import { publicMeta } from './version-file.js';
 import { CatchUp } from './catch-up.js';
+import { PeerHealth } from './peer-health.js';
+import { PrimaryWrites } from './primary-writes.js';
+import { ReplicaCopies } from './replica-copies.js';
+import type { Replicator } from './replication.js';
 
 export interface FileServerOptions {
   id: string;
@@ -45,20 +45,18 @@ export interface FileServerOptions {
   maxFileBytes: number;
   log: Logger;
   connections?: ConnectionLimits;
+  /** A write stream that delivers nothing for this long is aborted (default 10 s). */
+  stallTimeoutMs?: number;
+  /** A replica silent for this long is dropped from a write and marked behind (default 1 s). */
+  replicaTimeoutMs?: number;
 }
 
-interface PreparedCopy {
-  staged: StagedVersion;
-  header: VersionHeader;
-  timer: NodeJS.Timeout;
-}
+export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
+export const DEFAULT_REPLICA_TIMEOUT_MS = 1000;
 
 /** Memory for recently read small files, and the largest file kept there. */
 const RECENT_CONTENT_BYTES = 16 << 20;
 const RECENT_CONTENT_MAX_ENTRY = 64 << 10;
-
-/** A replica's prepared version is dropped if its commit does not come within this time. */
-const PREPARED_TTL_MS = 60_000;
 
 export class FileServer {
   readonly store: FileStore;
@@ -68,7 +66,10 @@ export class FileServer {
   /** Replica copies not yet known to be current: reads of them are refused. */
   readonly suspect = new Set<string>();
   readonly counters: FileServerStatus['counters'] = { reads: 0, notModified: 0, contentBytesSent: 0, writes: 0, contentBytesReceived: 0, replicaWrites: 0 };
-  private readonly prepared = new Map<string, PreparedCopy>();
+  readonly health: PeerHealth;
+  readonly replicator: Replicator;
+  readonly writes: PrimaryWrites;
+  private readonly replicas: ReplicaCopies;
   private readonly recentContent = new LRUCache<string, Buffer>({
     maxSize: RECENT_CONTENT_BYTES,
     sizeCalculation: (content) => Math.max(1, content.length),
@@ -79,7 +80,7 @@ export class FileServer {
   private readonly directoryPool: ConnectionPool;
   private lockUrl: string | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
-  private stopping = false;
+  stopping = false;
   private registered = false;
   url = '';
 
@@ -90,6 +91,10 @@ export class FileServer {
     this.store = store;
     this.holdings = new Holdings(options.id, () => this.directory());
     this.peers = new ConnectionPool({ retryAfterMs: 1000, connectTimeoutMs: 2000, log: options.log });
+    this.health = new PeerHealth(this.peers, options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS, options.log);
+    this.replicator = { peers: this.peers, health: this.health, log: options.log };
+    this.writes = new PrimaryWrites(this, options.log);
+    this.replicas = new ReplicaCopies(this, options.log);
     this.directoryPool = new ConnectionPool({ log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
     this.catchUp = new CatchUp(this, options.log);
     this.rpc = new RpcServer({ host: options.host, port: options.port, log: options.log, ...options.connections, handlers: this.handlers() });
@@ -107,6 +112,14 @@ export class FileServer {
 
   get id(): string {
     return this.options.id;
+  }
+
+  get maxFileBytes(): number {
+    return this.options.maxFileBytes;
+  }
+
+  get stallTimeoutMs(): number {
+    return this.options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
   }
 
   get syncing(): boolean {
@@ -211,7 +224,7 @@ export class FileServer {
     for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: replicaId, names: batch });
   }
 
-  private async lockService(): Promise<RpcConnection> {
+  async lockService(): Promise<RpcConnection> {
     if (!this.lockUrl) await this.directory();
     if (!this.lockUrl) throw new DfsError('UNAVAILABLE', 'the lock service address is not known yet');
     return this.peers.get(this.lockUrl);
@@ -226,7 +239,7 @@ export class FileServer {
         const holding = await this.holdings.lookup(args.name);
         return publicMeta(this.store.metaFor(args.name, holding.epoch));
       }),
-      write: op(fileOps.write, (args, ctx) => this.write(args, ctx)),
+      write: op(fileOps.write, (args, ctx) => this.writes.write(args, ctx)),
       delete: op(fileOps.delete, (args) => this.remove(args)),
       status: op(fileOps.status, (): FileServerStatus => ({
         id: this.id,
@@ -236,9 +249,9 @@ export class FileServer {
         catchingUp: this.suspect.size,
         counters: { ...this.counters },
       })),
-      'rep.write': op(fileOps['rep.write'], (args, ctx) => this.replicaWrite(args, ctx)),
-      'rep.commit': op(fileOps['rep.commit'], (args) => this.replicaCommit(args)),
-      'rep.delete': op(fileOps['rep.delete'], (args) => this.replicaDelete(args)),
+      'rep.write': op(fileOps['rep.write'], (args, ctx) => this.replicas.write(args, ctx)),
+      'rep.commit': op(fileOps['rep.commit'], (args) => this.replicas.commit(args)),
+      'rep.delete': op(fileOps['rep.delete'], (args) => this.replicas.remove(args)),
       versions: op(fileOps.versions, (args): VersionsResult => {
         const files: VersionsResult['files'] = [];
         for (const name of args.names) {
@@ -329,115 +342,18 @@ export class FileServer {
     return new DfsError('UNAVAILABLE', `the copy of ${name} on ${this.id} is damaged; read another copy`);
   }
 
-  private async write(args: FileArgs['write'], ctx: CallContext): Promise<WriteResult> {
-    if (this.stopping) throw new DfsError('UNAVAILABLE', `server ${this.id} is shutting down`);
-    if (args.size > this.options.maxFileBytes) throw new DfsError('TOO_LARGE', `${args.size} bytes is over this server's ${this.options.maxFileBytes}-byte file limit`);
-    const inline = ctx.body;
-    if (!ctx.stream && (inline?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${inline?.length ?? 0} were sent`);
-    const holding = await this.holdings.lookup(args.name, args.epoch);
-    if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name}; its primary is ${holding.primary.id} at ${holding.primary.url}`);
-    // The token is checked with the lock service while the content is staged, off the critical
-    // path; nothing is committed until the answer is in.
-    const lock = await this.lockService();
-    let tokenProblem: DfsError | null | undefined;
-    const validation = lock.call('validate', { name: args.name, token: args.token }).then(
-      () => (tokenProblem = null),
-      (err: unknown) => (tokenProblem = toDfsError(err)),
-    );
-    const checkToken = async () => {
-      await validation;
-      if (tokenProblem) throw tokenProblem;
-    };
-
-    return this.mutex.run(args.name, async () => {
-      if (this.holdings.get(args.name)?.epoch !== holding.epoch) {
-        throw new DfsError('NOT_FOUND', `${args.name} was deleted while this write waited its turn`);
-      }
-      const current = this.store.metaFor(args.name, holding.epoch);
-      if (current.requestId === args.requestId) {
-        // A retry of a write that already landed: answer as the first time, apply nothing.
-        await ctx.stream?.drain();
-        await checkToken();
-        return { name: args.name, epoch: current.epoch, version: current.version, size: current.size, sha256: current.sha256, skipped: [] };
-      }
-      if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${args.name}`);
-      const version = current.version + 1;
-      const mtime = Date.now();
-      // Replicas start staging first: they are a round trip away, the local disk is not.
-      const transfers = startReplication(
-        this.peers,
-        { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: this.id, body: inline },
-        this.options.log,
-      );
-      let staged: StagedVersion;
-      try {
-        staged = await this.store.stage(args.name, holding.epoch, version, args.mode);
-      } catch (err) {
-        abortReplicas(transfers, toDfsError(err));
-        throw err;
-      }
-      let header: VersionHeader;
-      try {
-        let received = 0;
-        const sent = args.sha256 ? createHash('sha256') : null;
-        if (ctx.stream) {
-          for await (const chunk of ctx.stream) {
-            received += chunk.length;
-            if (received > args.size) throw new DfsError('BAD_REQUEST', `more than the announced ${args.size} bytes were sent`);
-            if (tokenProblem) throw tokenProblem;
-            sent?.update(chunk);
-            await Promise.all([staged.write(chunk), pushToReplicas(transfers, chunk)]);
-          }
-        } else if (inline) {
-          received = inline.length;
-          sent?.update(inline);
-          await staged.write(inline);
-        }
-        if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
-        if (sent && sent.digest('hex') !== args.sha256) throw new DfsError('CHECKSUM', `the content of the write to ${args.name} does not match its sha256`);
-        // Seal locally while the token answer comes in; the replicas' streams end (and they
-        // seal theirs) as soon as the token is known good.
-        const [sealed, checked] = await Promise.allSettled([
-          staged.seal({ mtime, token: args.token, requestId: args.requestId }),
-          checkToken().then(() => endReplicaStreams(transfers)),
-        ]);
-        if (checked.status === 'rejected') throw checked.reason;
-        if (sealed.status === 'rejected') throw sealed.reason;
-        header = sealed.value;
-      } catch (err) {
-        const error = toDfsError(err);
-        abortReplicas(transfers, error);
-        await staged.discard();
-        throw error;
-      }
-      const skipped = await finishReplication(
-        this.peers,
-        transfers,
-        { name: args.name, epoch: holding.epoch, version, sha256: header.sha256, from: this.id },
-        async () => {
-          await this.store.commit(staged, header);
-        },
-        this.options.log,
-      );
-      this.counters.writes++;
-      this.counters.contentBytesReceived += args.size;
-      for (const replica of skipped) await this.reportBehind(args.name, replica.id);
-      return { name: args.name, epoch: holding.epoch, version, size: header.size, sha256: header.sha256, skipped: skipped.map((r) => r.id) };
-    });
-  }
-
   private async remove(args: FileArgs['delete']): Promise<{ deleted: true }> {
     if (this.stopping) throw new DfsError('UNAVAILABLE', `server ${this.id} is shutting down`);
     const holding = await this.holdings.lookup(args.name, args.epoch);
     if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name}; its primary is ${holding.primary.id}`);
-    const lock = await this.lockService();
-    await lock.call('validate', { name: args.name, token: args.token });
+    await this.writes.validateToken(args.name, args.token);
     return this.mutex.run(args.name, async () => {
       const conn = await this.directory();
       await conn.call('delete', { name: args.name, epoch: holding.epoch }).catch((err: unknown) => {
         if (!(err instanceof DfsError && err.code === 'NOT_FOUND')) throw err;
       });
       this.holdings.forget(args.name);
+      this.writes.forget(args.name);
       await this.store.remove(args.name);
       await Promise.all(
         holding.replicas.map((replica) =>
@@ -452,86 +368,6 @@ export class FileServer {
     });
   }
 
-  private async replicaHolding(name: string, epoch: number, from: string): Promise<Holding> {
-    const holding = await this.holdings.lookup(name, epoch);
-    if (holding.role !== 'replica') throw new DfsError('BAD_REQUEST', `${this.id} is not a replica of ${name}`);
-    if (holding.primary.id !== from) throw new DfsError('NOT_PRIMARY', `only ${name}'s primary ${holding.primary.id} may replicate it, not ${from}`);
-    return holding;
-  }
-
-  private async replicaWrite(args: FileArgs['rep.write'], ctx: CallContext): Promise<PreparedResult> {
-    const drain = async () => ctx.stream?.drain();
-    try {
-      await this.replicaHolding(args.name, args.epoch, args.from);
-    } catch (err) {
-      await drain().catch(() => {});
-      throw err;
-    }
-    return this.mutex.run(args.name, async () => {
-      const current = this.store.metaFor(args.name, args.epoch);
-      if (args.version === current.version) {
-        await drain();
-        return { version: current.version, sha256: current.sha256, committed: true };
-      }
-      if (args.version !== current.version + 1 || args.baseVersion !== current.version) {
-        await drain().catch(() => {});
-        throw new DfsError('OUT_OF_ORDER', `${this.id} has v${current.version} of ${args.name}; cannot apply v${args.version} on v${args.baseVersion}`, { version: current.version });
-      }
-      this.dropPrepared(args.name);
-      const staged = await this.store.stage(args.name, args.epoch, args.version, args.mode);
-      try {
-        const received = await staged.writeAll(ctx.stream, ctx.body);
-        if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
-        const header = await staged.seal({ mtime: args.mtime, token: 0, requestId: '' });
-        const timer = setTimeout(() => this.dropPrepared(args.name), PREPARED_TTL_MS);
-        timer.unref();
-        this.prepared.set(args.name, { staged, header, timer });
-        return { version: header.version, sha256: header.sha256, committed: false };
-      } catch (err) {
-        await staged.discard();
-        throw err;
-      }
-    });
-  }
-
-  private dropPrepared(name: string): void {
-    const copy = this.prepared.get(name);
-    if (!copy) return;
-    this.prepared.delete(name);
-    clearTimeout(copy.timer);
-    void copy.staged.discard();
-  }
-
-  private async replicaCommit(args: FileArgs['rep.commit']): Promise<{ version: number }> {
-    await this.replicaHolding(args.name, args.epoch, args.from);
-    return this.mutex.run(args.name, async () => {
-      const copy = this.prepared.get(args.name);
-      if (!copy || copy.header.version !== args.version || copy.header.epoch !== args.epoch) {
-        const current = this.store.metaFor(args.name, args.epoch);
-        if (current.version === args.version) return { version: current.version };
-        throw new DfsError('NOT_FOUND', `${this.id} has no prepared v${args.version} of ${args.name}`);
-      }
-      this.prepared.delete(args.name);
-      clearTimeout(copy.timer);
-      await this.store.commit(copy.staged, copy.header);
-      this.counters.replicaWrites++;
-      return { version: copy.header.version };
-    });
-  }
-
-  private async replicaDelete(args: FileArgs['rep.delete']): Promise<{ deleted: boolean }> {
-    const holding = this.holdings.get(args.name);
-    if (holding && (holding.primary.id !== args.from || holding.epoch !== args.epoch)) {
-      throw new DfsError('NOT_PRIMARY', `only ${args.name}'s primary ${holding.primary.id} may delete it, not ${args.from}`);
-    }
-    return this.mutex.run(args.name, async () => {
-      this.dropPrepared(args.name);
-      this.holdings.forget(args.name);
-      this.suspect.delete(args.name);
-      return { deleted: await this.store.remove(args.name) };
-    });
-  }
-
   // ------------------------------------------------------------ shutdown
 
   async close(): Promise<void> {
@@ -539,7 +375,8 @@ export class FileServer {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     // Let writes under way finish (they are acknowledged only once durable), then stop.
     await Promise.race([this.mutex.idle(), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
-    for (const name of [...this.prepared.keys()]) this.dropPrepared(name);
+    this.replicas.dropAll();
+    this.health.close();
     await this.rpc.close();
     this.directoryPool.closeAll();
     this.peers.closeAll();

@@ -1,0 +1,179 @@
+/**
+ * Writes on a file's primary, end to end (docs/PROTOCOL.md, "Replication" and "Crash points").
+ *
+ * The order of one write, and why:
+ *   1. The fencing token is validated with the lock service before the write takes the file's
+ *      turn, so a stale or forged token never holds the mutex.
+ *   2. Under the file's mutex: the first write to a primary copy since this process started
+ *      reconciles it with its replicas (each either holds this copy's version or is marked
+ *      behind), because a crash may have left the primary one version ahead of its replicas.
+ *   3. A retry of the write that made the current version (same request id) applies nothing,
+ *      but is acknowledged only once every replica holds that version or is marked behind.
+ *   4. Otherwise the new version is staged here and on every replica, the token is checked
+ *      again, the primary commits, the replicas commit, the ones that failed are marked behind,
+ *      and only then is the client answered.
+ * So no acknowledgement, first attempt or retry, leaves a readable copy without the version.
+ *
+ * A write stream that stops delivering for the stall timeout is aborted, its staged files are
+ * removed and the mutex is freed; a replica that stops answering is dropped from the write.
+ */
+import { createHash } from 'node:crypto';
+import { crashPoint } from '../../shared/crash-points.js';
+import { DfsError, toDfsError } from '../../shared/errors.js';
+import type { Logger } from '../../shared/log.js';
+import type { FileArgs, Holding, ServerRef, VersionsResult, WriteResult } from '../../shared/protocol.js';
+import type { CallContext } from '../../shared/rpc.js';
+import { abortReplicas, callReplica, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
+import type { FileServer } from './service.js';
+import type { StagedVersion } from './store.js';
+import type { VersionHeader } from './version-file.js';
+
+/** A write stream must deliver at least this much per stall period (when it has the credit to). */
+export const MIN_PROGRESS_BYTES = 16 << 10;
+/** How long the lock service may take to answer a token check. */
+const VALIDATE_TIMEOUT_MS = 5000;
+
+export class PrimaryWrites {
+  /** Primary copies this process has reconciled with their replicas since it started. */
+  private readonly reconciled = new Set<string>();
+
+  constructor(
+    private readonly server: FileServer,
+    private readonly log: Logger,
+  ) {}
+
+  markReconciled(names: Iterable<string>): void {
+    for (const name of names) this.reconciled.add(name);
+  }
+
+  forget(name: string): void {
+    this.reconciled.delete(name);
+  }
+
+  async write(args: FileArgs['write'], ctx: CallContext): Promise<WriteResult> {
+    const s = this.server;
+    if (s.stopping) throw new DfsError('UNAVAILABLE', `server ${s.id} is shutting down`);
+    if (args.size > s.maxFileBytes) throw new DfsError('TOO_LARGE', `${args.size} bytes is over this server's ${s.maxFileBytes}-byte file limit`);
+    if (!ctx.stream && (ctx.body?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${ctx.body?.length ?? 0} were sent`);
+    ctx.stream?.requireProgress({ withinMs: s.stallTimeoutMs, minBytes: MIN_PROGRESS_BYTES });
+    const holding = await s.holdings.lookup(args.name, args.epoch);
+    if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${s.id} is not the primary for ${args.name}; its primary is ${holding.primary.id} at ${holding.primary.url}`);
+    await this.validateToken(args.name, args.token);
+    return s.mutex.run(args.name, () => this.apply(args, ctx, holding));
+  }
+
+  /** STALE_TOKEN unless `token` is the grant in force on `name`. */
+  async validateToken(name: string, token: number): Promise<void> {
+    const lock = await this.server.lockService();
+    await lock.call('validate', { name, token }, { timeoutMs: VALIDATE_TIMEOUT_MS });
+  }
+
+  private async apply(args: FileArgs['write'], ctx: CallContext, holding: Holding): Promise<WriteResult> {
+    const s = this.server;
+    const { name } = args;
+    if (s.holdings.get(name)?.epoch !== holding.epoch) throw new DfsError('NOT_FOUND', `${name} was deleted while this write waited its turn`);
+    const justReconciled = await this.reconcile(holding);
+    const current = s.store.metaFor(name, holding.epoch);
+    if (current.requestId === args.requestId) {
+      // A retry of a write that already landed here: apply nothing, but answer only once every
+      // replica holds it or is marked behind (the first attempt may have died before that).
+      await ctx.stream?.drain();
+      const skipped = justReconciled ?? (await this.alignReplicas(holding, current));
+      return { name, epoch: current.epoch, version: current.version, size: current.size, sha256: current.sha256, skipped: skipped.map((r) => r.id) };
+    }
+    if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${name}`);
+    crashPoint('write:before-stage', name, this.log);
+    const version = current.version + 1;
+    const mtime = Date.now();
+    // Replicas start staging first: they are a round trip away, the local disk is not.
+    const transfers = startReplication(s.replicator, { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: s.id, body: ctx.body });
+    let staged: StagedVersion;
+    try {
+      staged = await s.store.stage(name, holding.epoch, version, args.mode);
+    } catch (err) {
+      abortReplicas(transfers, toDfsError(err));
+      throw err;
+    }
+    let header: VersionHeader;
+    try {
+      const received = await this.receive(args, ctx, staged, transfers);
+      if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
+      endReplicaStreams(transfers);
+      // The lock may have been lost while the content came in: check again before anything commits.
+      const [sealed, checked] = await Promise.allSettled([staged.seal({ mtime, token: args.token, requestId: args.requestId }), this.validateToken(name, args.token)]);
+      if (checked.status === 'rejected') throw checked.reason;
+      if (sealed.status === 'rejected') throw sealed.reason;
+      header = sealed.value;
+    } catch (err) {
+      const error = toDfsError(err);
+      abortReplicas(transfers, error);
+      await staged.discard();
+      throw error;
+    }
+    const skipped = await finishReplication(s.replicator, transfers, { name, epoch: holding.epoch, version, sha256: header.sha256, from: s.id }, async () => {
+      crashPoint('write:after-stage', name, this.log);
+      await s.store.commit(staged, header);
+    });
+    s.counters.writes++;
+    s.counters.contentBytesReceived += args.size;
+    for (const replica of skipped) await s.reportBehind(name, replica.id);
+    crashPoint('write:before-ack', name, this.log);
+    return { name, epoch: holding.epoch, version, size: header.size, sha256: header.sha256, skipped: skipped.map((r) => r.id) };
+  }
+
+  /** Takes the content into the staged file and the replica streams; returns its size. */
+  private async receive(args: FileArgs['write'], ctx: CallContext, staged: StagedVersion, transfers: ReturnType<typeof startReplication>): Promise<number> {
+    const hash = args.sha256 ? createHash('sha256') : null;
+    let received = 0;
+    if (ctx.stream) {
+      for await (const chunk of ctx.stream) {
+        received += chunk.length;
+        if (received > args.size) throw new DfsError('BAD_REQUEST', `more than the announced ${args.size} bytes were sent`);
+        hash?.update(chunk);
+        await Promise.all([staged.write(chunk), pushToReplicas(transfers, chunk)]);
+      }
+    } else if (ctx.body) {
+      received = ctx.body.length;
+      hash?.update(ctx.body);
+      await staged.write(ctx.body);
+    }
+    if (hash && hash.digest('hex') !== args.sha256) throw new DfsError('CHECKSUM', `the content of the write to ${args.name} does not match its sha256`);
+    return received;
+  }
+
+  /**
+   * The first write to a primary copy since this process started reconciles it: returns the
+   * replicas it marked behind, or null when it had been reconciled already.
+   */
+  private async reconcile(holding: Holding): Promise<ServerRef[] | null> {
+    if (this.reconciled.has(holding.name)) return null;
+    const behind = await this.alignReplicas(holding, this.server.store.metaFor(holding.name, holding.epoch));
+    this.reconciled.add(holding.name);
+    if (behind.length > 0) this.log.info('reconciled a primary copy with its replicas', { name: holding.name, behind: behind.map((r) => r.id).join(',') });
+    return behind;
+  }
+
+  /**
+   * Makes sure every replica holds `version` or is marked behind, before a write is answered:
+   * asks each for its version (within the replica timeout) and marks behind the ones that differ
+   * or do not answer. Returns those.
+   */
+  private async alignReplicas(holding: Holding, version: VersionHeader): Promise<ServerRef[]> {
+    const s = this.server;
+    const behind: ServerRef[] = [];
+    await Promise.all(
+      holding.replicas.map(async (replica) => {
+        try {
+          const res = await callReplica(s.replicator, replica.url, 'versions', { names: [holding.name] });
+          const theirs = (res.result as VersionsResult).files.find((f) => f.name === holding.name);
+          const agrees = theirs ? theirs.epoch === version.epoch && theirs.version === version.version && theirs.sha256 === version.sha256 : version.version === 0;
+          if (!agrees) behind.push(replica);
+        } catch {
+          behind.push(replica);
+        }
+      }),
+    );
+    for (const replica of behind) await s.reportBehind(holding.name, replica.id);
+    return behind;
+  }
+}
