@@ -23,7 +23,7 @@ import {
   type HeartbeatResult,
   type VersionsResult,
 } from '../../shared/protocol.js';
-import { RpcServer, Reply, op, type RpcConnection } from '../../shared/rpc.js';
+import { RpcServer, Reply, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
 import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import { FileStore, type StoredVersion } from './store.js';
@@ -234,7 +234,7 @@ export class FileServer {
 
   private handlers() {
     return {
-      read: op(fileOps.read, (args) => this.read(args)),
+      read: op(fileOps.read, (args, ctx) => this.read(args, ctx)),
       stat: op(fileOps.stat, async (args) => {
         const holding = await this.holdings.lookup(args.name);
         return publicMeta(this.store.metaFor(args.name, holding.epoch));
@@ -264,14 +264,14 @@ export class FileServer {
         }
         return { files };
       }),
-      fetch: op(fileOps.fetch, async (args) => {
+      fetch: op(fileOps.fetch, async (args, ctx) => {
         const holding = await this.holdings.lookup(args.name, args.epoch);
-        return this.contentReply(holding, args.name, false);
+        return this.contentReply(holding, args.name, false, ctx);
       }),
     };
   }
 
-  private async read(args: FileArgs['read']): Promise<unknown> {
+  private async read(args: FileArgs['read'], ctx: CallContext): Promise<unknown> {
     const holding = await this.holdings.lookup(args.name);
     if (holding.role === 'replica' && (!this.registered || this.suspect.has(args.name) || !this.catchUp.mayServe(args.name))) {
       throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is catching up; read another copy`);
@@ -287,18 +287,23 @@ export class FileServer {
         throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is behind (v${meta.version}, you have v${args.ifVersion}); read another copy`);
       }
     }
-    return this.contentReply(holding, args.name, true);
+    return this.contentReply(holding, args.name, true, ctx);
   }
 
   /** The current content of a file: inline when small, streamed when large. */
-  private async contentReply(holding: Holding, name: string, count: boolean): Promise<Reply> {
+  private async contentReply(holding: Holding, name: string, count: boolean, ctx: CallContext): Promise<Reply> {
     const stored = this.store.get(name);
     const meta = this.store.metaFor(name, holding.epoch);
     const result: ReadResult = { ...publicMeta(meta), notModified: false };
     if (count) this.counters.contentBytesSent += meta.size;
     if (!stored || stored.epoch !== holding.epoch || meta.size === 0) return new Reply(result, Buffer.alloc(0));
     try {
-      if (stored.size <= INLINE_CONTENT_BYTES) return new Reply(result, await this.smallContent(stored));
+      if (stored.size <= INLINE_CONTENT_BYTES) {
+        // Room in the send buffer first: a peer pipelining reads it never takes cannot make
+        // this server load one answer per request.
+        await ctx.reserveOutput(stored.size);
+        return new Reply(result, await this.smallContent(stored));
+      }
     } catch (err) {
       throw this.onDamaged(name, err);
     }
