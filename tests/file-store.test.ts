@@ -1,8 +1,8 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readdir, writeFile, readFile } from 'node:fs/promises';
+import { readdir, writeFile, readFile, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FileStore } from '../servers/file/store.js';
+import { FileStore, ORPHAN_FOLDER, ORPHAN_KEEP_MS } from '../servers/file/store.js';
 import { nameKey } from '../servers/file/version-file.js';
 import { silentLogger } from '../shared/log.js';
 import { DfsError } from '../shared/errors.js';
@@ -100,6 +100,29 @@ test('binary content of every byte value round-trips', async () => {
   const header = await staged.seal({ mtime: 1, token: 1, requestId: 'b' });
   await store.commit(staged, header);
   assert.ok((await store.readAll(store.get('bin')!)).equals(bytes));
+  await store.close();
+  await removeDir(dir);
+});
+
+test('an orphaned copy leaves the store but is kept, until its keeping time has passed', async () => {
+  const dir = await tempDir();
+  let store = await FileStore.open(dir, silentLogger);
+  await put(store, 'kept.txt', 1, 3, 'precious');
+  await put(store, 'old.txt', 2, 1, 'stale');
+  assert.is(await store.orphan('kept.txt'), true);
+  assert.is(await store.orphan('old.txt'), true);
+  assert.is(await store.orphan('never.txt'), false);
+  assert.is(store.get('kept.txt'), undefined);
+  const orphans = await readdir(join(dir, ORPHAN_FOLDER));
+  assert.equal(orphans.sort(), [`${nameKey('kept.txt')}.1.3`, `${nameKey('old.txt')}.2.1`].sort());
+  assert.match((await readFile(join(dir, ORPHAN_FOLDER, `${nameKey('kept.txt')}.1.3`))).toString(), /precious$/);
+  await store.close();
+  // one of them has been kept past its time
+  const longAgo = new Date(Date.now() - ORPHAN_KEEP_MS - 60_000);
+  await utimes(join(dir, ORPHAN_FOLDER, `${nameKey('old.txt')}.2.1`), longAgo, longAgo);
+  store = await FileStore.open(dir, silentLogger);
+  assert.equal(await readdir(join(dir, ORPHAN_FOLDER)), [`${nameKey('kept.txt')}.1.3`]);
+  assert.is(store.count, 0, 'orphans are not loaded as copies');
   await store.close();
   await removeDir(dir);
 });

@@ -3,8 +3,8 @@
  * before the directory sends it reads.
  *
  * Full catch-up, after every registration:
- *   - drop local files the directory no longer assigns here (deleted meanwhile, or created
- *     again under a new epoch);
+ *   - move local files the directory no longer assigns here (deleted meanwhile, created again
+ *     under a new epoch, or set aside from a damaged table) to orphaned/, kept for a week;
  *   - for each file held as primary, ask its replicas for their versions and report the ones
  *     that differ as behind (they missed a version this primary committed just before a crash);
  *     this comes first, since until a primary copy is reconciled this server refuses writes to it;
@@ -96,10 +96,11 @@ export class CatchUp {
         const stored = this.server.store.get(name);
         const held = byName.get(name);
         if (stored && (!held || held.epoch !== stored.epoch)) {
-          await this.server.mutex.run(name, () => this.server.store.remove(name));
+          await this.server.mutex.run(name, () => this.server.store.orphan(name));
           dropped++;
         }
       }
+      if (dropped > 0) this.log.info('moved copies the directory no longer assigns here to orphaned/', { copies: dropped });
       const primaries = holdings.filter((h) => h.role === 'primary');
       const reported = await this.verifyReplicas(primaries);
       const { fetched, behind } = await this.pull(replicaCopies);

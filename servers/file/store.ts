@@ -8,8 +8,9 @@
  * commit; leftovers from a crash (temps, older versions) are swept at the next start.
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { mkdir, open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, readdir, rename, stat, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { fsyncDir } from '../../shared/durable.js';
 import { eachLimited } from '../../shared/concurrency.js';
 import { DfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
@@ -21,6 +22,10 @@ export interface StoredVersion extends VersionHeader {
 }
 
 const READ_CHUNK_BYTES = 1 << 20;
+/** Folder (beside store/) for copies the directory stopped assigning here. */
+export const ORPHAN_FOLDER = 'orphaned';
+/** How long an orphaned copy is kept before a start removes it. */
+export const ORPHAN_KEEP_MS = 7 * 86_400_000;
 /** Version headers read at once when the store loads: a start with 100,000 files takes seconds, not minutes. */
 const LOAD_CONCURRENCY = 32;
 
@@ -155,6 +160,7 @@ function skipBytes(buffers: Buffer[], count: number): Buffer[] {
 export class FileStore {
   private readonly index = new Map<string, StoredVersion>();
   private syncer!: FolderSyncer;
+  private orphanDir = '';
   private folderHandle!: FileHandle;
 
   private constructor(
@@ -167,10 +173,33 @@ export class FileStore {
     const dir = join(dataDir, 'store');
     await mkdir(dir, { recursive: true });
     const store = new FileStore(dir, log);
+    store.orphanDir = join(dataDir, ORPHAN_FOLDER);
     store.folderHandle = await open(dir, 'r');
     store.syncer = new FolderSyncer(store.folderHandle);
     await store.load();
+    await store.sweepOrphans();
     return store;
+  }
+
+  /** Orphans kept longer than ORPHAN_KEEP_MS go for good. */
+  private async sweepOrphans(): Promise<void> {
+    let files: string[];
+    try {
+      files = await readdir(this.orphanDir);
+    } catch {
+      return;
+    }
+    const cutoff = Date.now() - ORPHAN_KEEP_MS;
+    let removed = 0;
+    await eachLimited(files, LOAD_CONCURRENCY, async (file) => {
+      const path = join(this.orphanDir, file);
+      const info = await stat(path).catch(() => null);
+      if (info && info.mtimeMs < cutoff) {
+        await unlink(path).catch(() => {});
+        removed++;
+      }
+    });
+    if (removed > 0) this.log.info('removed orphaned copies older than their keeping time', { removed, keptDays: ORPHAN_KEEP_MS / 86_400_000 });
   }
 
   private async load(): Promise<void> {
@@ -265,6 +294,25 @@ export class FileStore {
     this.index.delete(name);
     await unlink(previous.path).catch(() => {});
     await this.syncer.sync();
+    return true;
+  }
+
+  /**
+   * Moves a copy the directory no longer assigns here into `orphaned/` instead of deleting it:
+   * the directory may have set its rows aside (a damaged table) rather than deleted the file, so
+   * its content is kept for ORPHAN_KEEP_MS for a person to restore. Returns false if none.
+   */
+  async orphan(name: string): Promise<boolean> {
+    const copy = this.index.get(name);
+    if (!copy) return false;
+    this.index.delete(name);
+    await mkdir(this.orphanDir, { recursive: true });
+    const target = join(this.orphanDir, basename(copy.path));
+    await rename(copy.path, target).catch(() => {});
+    // Its mtime starts the keeping time.
+    const now = new Date();
+    await utimes(target, now, now).catch(() => {});
+    await Promise.all([this.syncer.sync(), fsyncDir(this.orphanDir)]);
     return true;
   }
 
