@@ -9,11 +9,11 @@ import * as assert from 'uvu/assert';
 import { connect as netConnect, type Socket } from 'node:net';
 import { WebSocket, WebSocketServer } from 'ws';
 import { z } from 'zod';
-import { DfsError } from '../shared/errors.js';
 import { MAX_HEADER_BYTES } from '../shared/frame.js';
 import { RpcServer, connect, op, Reply, type RpcConnection } from '../shared/rpc.js';
 import { createLogger } from '../shared/log.js';
 import { waitFor } from './helpers/wait.js';
+import { failure, binaryFrame } from './helpers/raw.js';
 
 const test = suite('rpc-limits');
 
@@ -30,14 +30,6 @@ async function client(): Promise<RpcConnection> {
   return conn;
 }
 
-async function failure(promise: Promise<unknown>): Promise<DfsError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof DfsError)) throw new Error(`expected a DfsError, got ${String(err)}`);
-  return err;
-}
 
 /** A raw WebSocket to the server, collecting the JSON text frames it is sent. */
 async function rawPeer(): Promise<{ ws: WebSocket; replies: Array<{ t: string; id: number; ok?: boolean; bytes?: number; error?: { code: string } }>; closed: Promise<number> }> {
@@ -52,14 +44,6 @@ async function rawPeer(): Promise<{ ws: WebSocket; replies: Array<{ t: string; i
   return { ws, replies, closed };
 }
 
-function binaryFrame(header: object, body: Buffer): Buffer {
-  const json = Buffer.from(JSON.stringify(header));
-  const out = Buffer.alloc(4 + json.length + body.length);
-  out.writeUInt32BE(json.length, 0);
-  json.copy(out, 4);
-  body.copy(out, 4 + json.length);
-  return out;
-}
 
 test.before(async () => {
   server = new RpcServer({

@@ -9,11 +9,11 @@ import * as assert from 'uvu/assert';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfsClient } from '../client/dfs-client.js';
-import { DfsError } from '../shared/errors.js';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import type { PlacementResult, ReadResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
+import { failure } from './helpers/raw.js';
 
 const test = suite('stalls');
 let cluster: Cluster;
@@ -31,14 +31,6 @@ async function raw(url: string): Promise<RpcConnection> {
   return conn;
 }
 
-async function failure(promise: Promise<unknown>): Promise<DfsError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof DfsError)) throw new Error(`expected a DfsError, got ${String(err)}`);
-  return err;
-}
 
 /** Yields `first`, then waits for ever (a writer that stopped). */
 async function* stalled(first: Buffer): AsyncIterable<Buffer> {

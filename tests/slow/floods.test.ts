@@ -18,6 +18,7 @@ import type { FileServerStatus, PlacementResult } from '../../shared/protocol.js
 import { Cluster } from '../helpers/cluster.js';
 import { DIST, ServiceProcess, freePort, removeDir, tempDir } from '../helpers/process.js';
 import { waitFor } from '../helpers/wait.js';
+import { binaryFrame } from '../helpers/raw.js';
 
 const test = suite('floods');
 let cluster: Cluster;
@@ -44,14 +45,6 @@ function report(what: string, fields: Record<string, unknown>): void {
   process.stderr.write(`  [floods] ${what}: ${Object.entries(fields).map(([k, v]) => `${k}=${String(v)}`).join(' ')}\n`);
 }
 
-function binaryFrame(header: object, body: Buffer): Buffer {
-  const json = Buffer.from(JSON.stringify(header));
-  const out = Buffer.alloc(4 + json.length + body.length);
-  out.writeUInt32BE(json.length, 0);
-  json.copy(out, 4);
-  body.copy(out, 4 + json.length);
-  return out;
-}
 
 async function rawSocket(url: string): Promise<WebSocket> {
   const ws = new WebSocket(url, { maxPayload: 64 * MiB });
