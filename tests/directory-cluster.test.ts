@@ -138,6 +138,20 @@ test('behind marks: synced clears marks up to upTo and keeps later ones; caughtU
   assert.is(cluster.behindCount('r'), 0);
 });
 
+test('while a file\'s primary is down, its reads stay on one replica', () => {
+  const { cluster, time } = readyCluster(['p', 'r1', 'r2']);
+  const copies: CopySet = { primary: 'p', replicas: ['r1', 'r2'] };
+  const reads = (n: number) => Array.from({ length: n }, () => cluster.reader('f', copies).id);
+  assert.equal(reads(2), ['r1', 'r2']);
+  time.advance(2000);
+  cluster.heartbeat('r1');
+  cluster.heartbeat('r2');
+  time.advance(1500); // p silent past the limit
+  assert.equal(reads(3), ['r1', 'r1', 'r1']);
+  cluster.markBehind('f', 'r1');
+  assert.equal(reads(2), ['r2', 'r2']);
+});
+
 test('a heartbeat answers one page of behind names, by bytes, and says when more follow', () => {
   const { cluster } = readyCluster(['p', 'r']);
   const long = (i: number) => `${'x'.repeat(200)}/${i}`;

@@ -310,9 +310,18 @@ export class Cluster {
     return this.isBehind(id, name) ? 'missed writes' : 'ok';
   }
 
-  /** The next usable replica in round-robin order, else the primary when up. */
+  /**
+   * The next usable replica in round-robin order, else the primary when up. While the primary
+   * is down, reads stay on the first usable replica instead: a write the primary did not finish
+   * (it died between the replicas' commits) may be on one replica and not another, and a reader
+   * must not see it appear and vanish from one read to the next.
+   */
   reader(name: string, copies: CopySet): { id: string; role: CopyRole } {
     const { replicas } = copies;
+    if (!this.isUp(copies.primary)) {
+      const steady = replicas.find((id) => this.isReadable(id, name));
+      if (steady !== undefined) return { id: steady, role: 'replica' };
+    }
     const start = (this.readCursor.get(name) ?? 0) % Math.max(1, replicas.length);
     for (let k = 0; k < replicas.length; k++) {
       const index = (start + k) % replicas.length;

@@ -22,8 +22,9 @@ import { eachLimited } from '../../shared/concurrency.js';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_BYTES, byteBatches, jsonBytes } from '../../shared/pages.js';
-import type { Holding, ReadResult, VersionsResult } from '../../shared/protocol.js';
+import type { Holding, VersionsResult } from '../../shared/protocol.js';
 import type { RpcConnection } from '../../shared/rpc.js';
+import { copyFrom } from './copy-from.js';
 import type { FileServer } from './service.js';
 
 /** Fetches of missed content running at once per primary. */
@@ -96,8 +97,18 @@ export class CatchUp {
         const stored = this.server.store.get(name);
         const held = byName.get(name);
         if (stored && (!held || held.epoch !== stored.epoch)) {
-          await this.server.mutex.run(name, () => this.server.store.orphan(name));
-          dropped++;
+          // The snapshot may be older than a create or write that reached this server since
+          // (a page served before it): ask the directory again, under the file's turn.
+          const orphaned = await this.server.mutex.run(name, async () => {
+            const now = this.server.store.get(name);
+            if (!now) return false;
+            const current = await this.server.holdings.lookup(name, now.epoch).catch((err: unknown) => {
+              if (err instanceof DfsError && err.code === 'NOT_FOUND') return null;
+              throw err;
+            });
+            return current === null ? this.server.store.orphan(name) : false;
+          });
+          if (orphaned) dropped++;
         }
       }
       if (dropped > 0) this.log.info('moved copies the directory no longer assigns here to orphaned/', { copies: dropped });
@@ -217,29 +228,12 @@ export class CatchUp {
     if (this.running) this.checked.add(name);
   }
 
-  /** Copies the primary's current version of one file, whole. */
+  /** Copies the primary's current version of one file, whole; never goes back to an older one. */
   private async fetchOne(conn: RpcConnection, holding: Holding): Promise<void> {
-    await this.server.mutex.run(holding.name, async () => {
-      const res = await conn.call('fetch', { name: holding.name, epoch: holding.epoch }, { timeoutMs: 60_000 });
-      const meta = res.result as ReadResult;
-      const store = this.server.store;
-      if (meta.version === 0) {
-        await res.stream?.drain();
-        await store.remove(holding.name);
-        return;
-      }
-      const current = store.metaFor(holding.name, holding.epoch);
-      if (current.version > meta.version) this.log.warn('replica was ahead of its primary; taking the primary copy', { name: holding.name, replica: current.version, primary: meta.version });
-      const staged = await store.stage(holding.name, holding.epoch, meta.version, 'replace');
-      try {
-        await staged.writeAll(res.stream, res.body);
-        const header = await staged.seal({ mtime: meta.mtime, token: 0, requestId: '' });
-        if (header.sha256 !== meta.sha256 || header.size !== meta.size) throw new DfsError('CHECKSUM', `fetched content of ${holding.name} does not match its sha256`);
-        await store.commit(staged, header);
-      } catch (err) {
-        await staged.discard();
-        throw err;
-      }
+    const s = this.server;
+    await s.mutex.run(holding.name, async () => {
+      const mine = s.store.metaFor(holding.name, holding.epoch);
+      await copyFrom(s.store, conn, holding, { atLeast: mine.version, stallTimeoutMs: s.stallTimeoutMs });
     });
   }
 
@@ -250,6 +244,7 @@ export class CatchUp {
   private async verifyReplicas(primaries: Holding[]): Promise<number> {
     const pairs = primaries.flatMap((h) => h.replicas.map((replica) => ({ holding: h, replica })));
     const unreachable = new Set<string>();
+    const recover = new Map<string, Holding>();
     let reported = 0;
     await Promise.all(
       [...groupBy(pairs, (p) => p.replica.url)].map(async ([url, group]) => {
@@ -267,18 +262,40 @@ export class CatchUp {
           if (conn) {
             try {
               const theirs = await askVersions(conn, names);
-              differing = batch.filter(({ holding }) => !this.agrees(holding, theirs.get(holding.name))).map((p) => p.holding.name);
+              differing = [];
+              for (const { holding } of batch) {
+                const remote = theirs.get(holding.name);
+                // A replica ahead of this primary, or a copy here set aside as damaged: this copy
+                // lost data and is recovered from its replicas, not the other way round.
+                if (this.server.store.isDamaged(holding.name) || (remote && remote.epoch === holding.epoch && remote.version > this.server.store.metaFor(holding.name, holding.epoch).version)) {
+                  recover.set(holding.name, holding);
+                } else if (!this.agrees(holding, remote)) differing.push(holding.name);
+              }
             } catch (err) {
               this.log.debug('could not check a replica; marking its copies behind', { replica: replicaId, error: toDfsError(err).message });
             }
           }
+          differing = differing.filter((name) => !recover.has(name));
           await this.server.reportBehindMany(replicaId, differing);
           reported += differing.length;
         }
       }),
     );
-    for (const h of primaries) this.reconciled.add(h.name);
-    this.server.writes.markReconciled(primaries.map((h) => h.name));
+    // Recovery goes through the write path's reconciliation, which fetches the newest replica's
+    // copy and then marks the others as it would before any write.
+    let recovered = 0;
+    for (const holding of recover.values()) {
+      try {
+        await this.server.mutex.run(holding.name, () => this.server.writes.reconcileNow(holding));
+        recovered++;
+      } catch (err) {
+        this.log.warn('could not recover a primary copy yet; its first write will try again', { name: holding.name, error: toDfsError(err).message });
+      }
+    }
+    if (recover.size > 0) this.log.info('recovered primary copies from their replicas', { recovered, of: recover.size });
+    const done = primaries.filter((h) => !recover.has(h.name)).map((h) => h.name);
+    for (const name of done) this.reconciled.add(name);
+    this.server.writes.markReconciled(done);
     if (unreachable.size > 0) this.log.info('replicas unreachable during catch-up; their copies are marked behind', { replicas: [...unreachable].join(',') });
     return reported;
   }

@@ -35,24 +35,41 @@ export class PeerHealth {
   async watch<T>(url: string, conn: RpcConnection, work: Promise<T>, onTimeout: (err: DfsError) => void): Promise<T> {
     conn.probe();
     let timer: NodeJS.Timeout | undefined;
+    let settled = false;
     const silent = new Promise<never>((_resolve, reject) => {
+      const period = Math.max(10, Math.floor(this.timeoutMs / 4));
+      let lastCheck = Date.now();
       const check = () => {
-        if (conn.silentMs > this.timeoutMs) {
-          const err = new DfsError('TIMEOUT', `peer ${url} did not answer within ${this.timeoutMs} ms`);
-          this.markSkipped(url);
-          onTimeout(err);
-          reject(err);
+        // A late timer means this process stalled: what the peer sent meanwhile is still unread.
+        const now = Date.now();
+        const stalledFor = now - lastCheck - period;
+        lastCheck = now;
+        if (conn.silentMs - Math.max(0, stalledFor) > this.timeoutMs) {
+          // Answers may be waiting in the socket behind this timer: judge after they are read.
+          setImmediate(() => {
+            if (settled) return;
+            if (conn.silentMs - Math.max(0, stalledFor) <= this.timeoutMs) return schedule();
+            const err = new DfsError('TIMEOUT', `peer ${url} did not answer within ${this.timeoutMs} ms`);
+            this.markSkipped(url);
+            onTimeout(err);
+            reject(err);
+          });
           return;
         }
-        conn.probe();
-        timer = setTimeout(check, Math.max(10, Math.floor(this.timeoutMs / 4)));
+        schedule();
       };
-      timer = setTimeout(check, Math.max(10, Math.floor(this.timeoutMs / 4)));
+      const schedule = () => {
+        if (settled) return;
+        conn.probe();
+        timer = setTimeout(check, period);
+      };
+      timer = setTimeout(check, period);
     });
     silent.catch(() => {});
     try {
       return await Promise.race([work, silent]);
     } finally {
+      settled = true;
       clearTimeout(timer);
     }
   }

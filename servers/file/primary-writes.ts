@@ -23,13 +23,13 @@ import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { FileArgs, Holding, ServerRef, VersionsResult, WriteResult } from '../../shared/protocol.js';
 import type { CallContext } from '../../shared/rpc.js';
-import { abortReplicas, callReplica, endReplicaStreams, finishReplication, pushToReplicas, startReplication } from './replication.js';
+import { copyFrom } from './copy-from.js';
+import { watchProgress } from './stall.js';
+import { abortReplicas, callReplica, endReplicaStreams, finishReplication, pushToReplicas, replicaConnection, startReplication } from './replication.js';
 import type { FileServer } from './service.js';
 import type { StagedVersion } from './store.js';
 import type { VersionHeader } from './version-file.js';
 
-/** A write stream must deliver at least this much per stall period (when it has the credit to). */
-export const MIN_PROGRESS_BYTES = 16 << 10;
 /** How long the lock service may take to answer a token check. */
 const VALIDATE_TIMEOUT_MS = 5000;
 
@@ -55,7 +55,7 @@ export class PrimaryWrites {
     if (s.stopping) throw new DfsError('UNAVAILABLE', `server ${s.id} is shutting down`);
     if (args.size > s.maxFileBytes) throw new DfsError('TOO_LARGE', `${args.size} bytes is over this server's ${s.maxFileBytes}-byte file limit`);
     if (!ctx.stream && (ctx.body?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${ctx.body?.length ?? 0} were sent`);
-    ctx.stream?.requireProgress({ withinMs: s.stallTimeoutMs, minBytes: MIN_PROGRESS_BYTES });
+    watchProgress(ctx.stream, s.stallTimeoutMs);
     const holding = await s.holdings.lookup(args.name, args.epoch);
     if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${s.id} is not the primary for ${args.name}; its primary is ${holding.primary.id} at ${holding.primary.url}`);
     await this.validateToken(args.name, args.token);
@@ -83,7 +83,8 @@ export class PrimaryWrites {
     }
     if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${name}`);
     crashPoint('write:before-stage', name, this.log);
-    const version = current.version + 1;
+    // Above any version lost with a damaged copy here: a number once given is never reused.
+    const version = Math.max(current.version, s.store.lostVersion(name)) + 1;
     const mtime = Date.now();
     // Replicas start staging first: they are a round trip away, the local disk is not.
     const transfers = startReplication(s.replicator, { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: s.id, body: ctx.body });
@@ -142,38 +143,80 @@ export class PrimaryWrites {
   }
 
   /**
-   * The first write to a primary copy since this process started reconciles it: returns the
-   * replicas it marked behind, or null when it had been reconciled already.
+   * The first write to a primary copy since this process started reconciles it (so does any
+   * write while the copy here is known to be damaged): returns the replicas it marked behind, or
+   * null when it had been reconciled already.
    */
   private async reconcile(holding: Holding): Promise<ServerRef[] | null> {
-    if (this.reconciled.has(holding.name)) return null;
-    const behind = await this.alignReplicas(holding, this.server.store.metaFor(holding.name, holding.epoch));
-    this.reconciled.add(holding.name);
-    if (behind.length > 0) this.log.info('reconciled a primary copy with its replicas', { name: holding.name, behind: behind.map((r) => r.id).join(',') });
+    if (this.reconciled.has(holding.name) && !this.server.store.isDamaged(holding.name)) return null;
+    return this.reconcileNow(holding);
+  }
+
+  /**
+   * Reconciles a primary copy with its replicas, holding the file's mutex: if a replica holds a
+   * newer version than this copy (this copy was damaged, or lost), that version is copied here
+   * first; then every replica that does not hold this copy's version, or does not answer, is
+   * marked behind. Returns those.
+   */
+  async reconcileNow(holding: Holding): Promise<ServerRef[]> {
+    const s = this.server;
+    const { name } = holding;
+    let mine = s.store.metaFor(name, holding.epoch);
+    let answers = await this.replicaVersions(holding);
+    const newest = answers.reduce<{ replica: ServerRef; version: number } | null>((best, a) => {
+      const v = a.theirs && a.theirs.epoch === holding.epoch ? a.theirs.version : -1;
+      return v > mine.version && v > (best?.version ?? -1) ? { replica: a.replica, version: v } : best;
+    }, null);
+    if (newest) {
+      const conn = await replicaConnection(s.replicator, newest.replica.url);
+      await copyFrom(s.store, conn, holding, { atLeast: newest.version, stallTimeoutMs: s.stallTimeoutMs });
+      this.log.warn('primary copy was behind its replicas (lost or damaged here); recovered it', { name, from: newest.replica.id, version: newest.version, had: mine.version });
+      mine = s.store.metaFor(name, holding.epoch);
+      answers = await this.replicaVersions(holding);
+    } else if (s.store.isDamaged(name)) {
+      if (answers.some((a) => a.theirs === null)) {
+        throw new DfsError('UNAVAILABLE', `the copy of ${name} on ${s.id} was damaged, and a replica that may hold it is not answering; try again shortly`);
+      }
+      this.log.error('a damaged primary copy has no intact copy on any replica; the file goes on from what is left', { name, version: mine.version, lostVersion: s.store.lostVersion(name) });
+      s.store.markRecovered(name);
+    }
+    const behind = answers.filter((a) => !agrees(mine, a.theirs)).map((a) => a.replica);
+    for (const replica of behind) await s.reportBehind(name, replica.id);
+    this.reconciled.add(name);
+    if (behind.length > 0) this.log.info('reconciled a primary copy with its replicas', { name, behind: behind.map((r) => r.id).join(',') });
     return behind;
   }
 
   /**
-   * Makes sure every replica holds `version` or is marked behind, before a write is answered:
-   * asks each for its version (within the replica timeout) and marks behind the ones that differ
-   * or do not answer. Returns those.
+   * Makes sure every replica holds `version` or is marked behind, before a write is answered.
+   * Returns the replicas marked.
    */
   private async alignReplicas(holding: Holding, version: VersionHeader): Promise<ServerRef[]> {
-    const s = this.server;
-    const behind: ServerRef[] = [];
-    await Promise.all(
+    const behind = (await this.replicaVersions(holding)).filter((a) => !agrees(version, a.theirs)).map((a) => a.replica);
+    for (const replica of behind) await this.server.reportBehind(holding.name, replica.id);
+    return behind;
+  }
+
+  /** Each replica's version of the file (within the replica timeout): null when it did not answer. */
+  private async replicaVersions(holding: Holding): Promise<Array<{ replica: ServerRef; theirs: RemoteVersion | undefined | null }>> {
+    return Promise.all(
       holding.replicas.map(async (replica) => {
         try {
-          const res = await callReplica(s.replicator, replica.url, 'versions', { names: [holding.name] });
-          const theirs = (res.result as VersionsResult).files.find((f) => f.name === holding.name);
-          const agrees = theirs ? theirs.epoch === version.epoch && theirs.version === version.version && theirs.sha256 === version.sha256 : version.version === 0;
-          if (!agrees) behind.push(replica);
+          const res = await callReplica(this.server.replicator, replica.url, 'versions', { names: [holding.name] });
+          return { replica, theirs: (res.result as VersionsResult).files.find((f) => f.name === holding.name) };
         } catch {
-          behind.push(replica);
+          return { replica, theirs: null };
         }
       }),
     );
-    for (const replica of behind) await s.reportBehind(holding.name, replica.id);
-    return behind;
   }
+}
+
+type RemoteVersion = VersionsResult['files'][number];
+
+/** Whether a replica's answer says it holds `version` (no answer never agrees; no copy agrees with version 0). */
+function agrees(version: VersionHeader, theirs: RemoteVersion | undefined | null): boolean {
+  if (theirs === null) return false;
+  if (theirs === undefined) return version.version === 0;
+  return theirs.epoch === version.epoch && theirs.version === version.version && theirs.sha256 === version.sha256;
 }

@@ -10,7 +10,7 @@ import { DfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import type { FileArgs, Holding, PreparedResult } from '../../shared/protocol.js';
 import type { CallContext } from '../../shared/rpc.js';
-import { MIN_PROGRESS_BYTES } from './primary-writes.js';
+import { watchProgress } from './stall.js';
 import type { FileServer } from './service.js';
 import type { StagedVersion } from './store.js';
 import type { VersionHeader } from './version-file.js';
@@ -42,7 +42,7 @@ export class ReplicaCopies {
 
   async write(args: FileArgs['rep.write'], ctx: CallContext): Promise<PreparedResult> {
     const s = this.server;
-    ctx.stream?.requireProgress({ withinMs: s.stallTimeoutMs, minBytes: MIN_PROGRESS_BYTES });
+    watchProgress(ctx.stream, s.stallTimeoutMs);
     await this.holdingFrom(args.name, args.epoch, args.from);
     return s.mutex.run(args.name, async () => {
       const current = s.store.metaFor(args.name, args.epoch);
@@ -50,7 +50,8 @@ export class ReplicaCopies {
         await ctx.stream?.drain();
         return { version: current.version, sha256: current.sha256, committed: true };
       }
-      if (args.version !== current.version + 1 || args.baseVersion !== current.version) {
+      // The next version, built on ours (it may skip numbers: see lostVersion in store.ts).
+      if (args.baseVersion !== current.version || args.version <= current.version) {
         throw new DfsError('OUT_OF_ORDER', `${s.id} has v${current.version} of ${args.name}; cannot apply v${args.version} on v${args.baseVersion}`, { version: current.version });
       }
       this.drop(args.name);

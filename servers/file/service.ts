@@ -32,7 +32,7 @@ import { CatchUp } from './catch-up.js';
 import { PeerHealth } from './peer-health.js';
 import { PrimaryWrites } from './primary-writes.js';
 import { ReplicaCopies } from './replica-copies.js';
-import type { Replicator } from './replication.js';
+import { callReplica, type Replicator } from './replication.js';
 
 export interface FileServerOptions {
   id: string;
@@ -53,6 +53,9 @@ export interface FileServerOptions {
 
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 export const DEFAULT_REPLICA_TIMEOUT_MS = 1000;
+
+/** Room left in an inline answer's message for its header. */
+const INLINE_HEADER_ALLOWANCE = 16 << 10;
 
 /** Memory for recently read small files, and the largest file kept there. */
 const RECENT_CONTENT_BYTES = 16 << 20;
@@ -276,6 +279,7 @@ export class FileServer {
     if (holding.role === 'replica' && (!this.registered || this.suspect.has(args.name) || !this.catchUp.mayServe(args.name))) {
       throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is catching up; read another copy`);
     }
+    if (this.store.isDamaged(args.name)) throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} was damaged and is being recovered; read another copy`);
     this.counters.reads++;
     const meta = this.store.metaFor(args.name, holding.epoch);
     if (args.ifEpoch === meta.epoch && args.ifVersion !== undefined) {
@@ -298,7 +302,8 @@ export class FileServer {
     if (count) this.counters.contentBytesSent += meta.size;
     if (!stored || stored.epoch !== holding.epoch || meta.size === 0) return new Reply(result, Buffer.alloc(0));
     try {
-      if (stored.size <= INLINE_CONTENT_BYTES) {
+      // Inline when it fits one message the peer accepts; streamed otherwise.
+      if (stored.size <= Math.min(INLINE_CONTENT_BYTES, ctx.conn.peerMaxMessageBytes - INLINE_HEADER_ALLOWANCE)) {
         // Room in the send buffer first: a peer pipelining reads it never takes cannot make
         // this server load one answer per request.
         await ctx.reserveOutput(stored.size);
@@ -343,6 +348,14 @@ export class FileServer {
         .run(name, () => this.store.quarantine(name))
         .then(() => this.reportBehind(name, this.id))
         .catch((e: unknown) => this.options.log.warn('could not report a damaged copy', { name, error: toDfsError(e).message }));
+    } else if (holding?.role === 'primary') {
+      // The primary's copy is recovered from its replicas before it is read or written again.
+      void this.mutex
+        .run(name, async () => {
+          await this.store.quarantine(name);
+          await this.writes.reconcileNow(holding);
+        })
+        .catch((e: unknown) => this.options.log.warn('could not recover a damaged primary copy yet; its next write tries again', { name, error: toDfsError(e).message }));
     }
     return new DfsError('UNAVAILABLE', `the copy of ${name} on ${this.id} is damaged; read another copy`);
   }
@@ -362,9 +375,7 @@ export class FileServer {
       await this.store.remove(args.name);
       await Promise.all(
         holding.replicas.map((replica) =>
-          this.peers
-            .get(replica.url)
-            .then((c) => c.call('rep.delete', { name: args.name, epoch: holding.epoch, from: this.id }))
+          callReplica(this.replicator, replica.url, 'rep.delete', { name: args.name, epoch: holding.epoch, from: this.id })
             .catch((err: unknown) => this.options.log.info('replica will drop the file when it catches up', { name: args.name, replica: replica.id, error: toDfsError(err).message })),
         ),
       );

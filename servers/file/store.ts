@@ -24,6 +24,8 @@ export interface StoredVersion extends VersionHeader {
 const READ_CHUNK_BYTES = 1 << 20;
 /** Folder (beside store/) for copies the directory stopped assigning here. */
 export const ORPHAN_FOLDER = 'orphaned';
+/** Suffix of a version file set aside because it failed its checks. */
+const DAMAGED_SUFFIX = '.damaged';
 /** How long an orphaned copy is kept before a start removes it. */
 export const ORPHAN_KEEP_MS = 7 * 86_400_000;
 /** Version headers read at once when the store loads: a start with 100,000 files takes seconds, not minutes. */
@@ -161,6 +163,10 @@ export class FileStore {
   private readonly index = new Map<string, StoredVersion>();
   private syncer!: FolderSyncer;
   private orphanDir = '';
+  /** Name key → the highest version of it ever set aside as damaged (from the `.damaged` files). */
+  private readonly lost = new Map<string, number>();
+  /** Name keys of copies set aside as damaged whose file has not been recovered or reconciled since. */
+  private readonly unrecovered = new Set<string>();
   private folderHandle!: FileHandle;
 
   private constructor(
@@ -206,6 +212,12 @@ export class FileStore {
     const newest = new Map<string, { file: string; epoch: number; version: number }>();
     const sweep: string[] = [];
     for (const file of await readdir(this.dir)) {
+      if (file.endsWith(DAMAGED_SUFFIX)) {
+        // Kept for a person to inspect; its file is unrecovered until an intact version exists.
+        const parsed = parseVersionFileName(file.slice(0, -DAMAGED_SUFFIX.length));
+        if (parsed) this.noteLost(parsed.key, parsed.version);
+        continue;
+      }
       const parsed = parseVersionFileName(file);
       if (!parsed) {
         sweep.push(file); // temps of writes that never committed
@@ -227,16 +239,46 @@ export class FileStore {
         if (nameKey(header.name) !== key || header.epoch !== epoch || header.version !== version) throw new Error('header does not match the file name');
         this.index.set(header.name, { ...header, path });
       } catch (err) {
-        // A damaged copy is set aside, not served: catch-up will fetch the file again.
+        // A damaged copy is set aside, not served: it is fetched again from another copy.
         this.log.error('damaged version file set aside', { file, error: (err as Error).message });
-        await rename(path, `${path}.damaged`).catch(() => {});
+        await rename(path, `${path}${DAMAGED_SUFFIX}`).catch(() => {});
+        this.noteLost(key, version);
+        newest.delete(key);
       }
     });
+    // Unrecovered: a version was set aside and nothing as new is stored.
+    for (const [key, version] of this.lost) if ((newest.get(key)?.version ?? 0) < version) this.unrecovered.add(key);
     if (sweep.length > 0) await this.syncer.sync();
   }
 
   get count(): number {
     return this.index.size;
+  }
+
+  /**
+   * Whether this server's copy of `name` was found damaged and set aside, and the file has not
+   * been recovered (or reconciled with the other copies) since: what it reads as here is not it.
+   */
+  isDamaged(name: string): boolean {
+    return this.unrecovered.size > 0 && this.unrecovered.has(nameKey(name));
+  }
+
+  /** The file was recovered, or there is nothing left to recover it from. */
+  markRecovered(name: string): void {
+    if (this.unrecovered.size > 0) this.unrecovered.delete(nameKey(name));
+  }
+
+  /**
+   * The highest version of `name` ever set aside as damaged (0 if none). New versions are
+   * numbered above it, so that a version number lost with a damaged copy, which a client may
+   * still have cached, is never given to other content.
+   */
+  lostVersion(name: string): number {
+    return this.lost.size > 0 ? (this.lost.get(nameKey(name)) ?? 0) : 0;
+  }
+
+  private noteLost(key: string, version: number): void {
+    this.lost.set(key, Math.max(version, this.lost.get(key) ?? 0));
   }
 
   names(): IterableIterator<string> {
@@ -282,6 +324,7 @@ export class FileStore {
     const previous = this.index.get(header.name);
     const stored: StoredVersion = { ...header, path };
     this.index.set(header.name, stored);
+    if (header.version >= this.lostVersion(header.name)) this.markRecovered(header.name);
     // The superseded version goes in the background: if a crash keeps it, the next start sweeps it.
     if (previous && previous.path !== path) void unlink(previous.path).catch(() => {});
     return stored;
@@ -289,6 +332,7 @@ export class FileStore {
 
   /** Removes every stored version of name. */
   async remove(name: string): Promise<boolean> {
+    this.markRecovered(name);
     const previous = this.index.get(name);
     if (!previous) return false;
     this.index.delete(name);
@@ -303,6 +347,7 @@ export class FileStore {
    * its content is kept for ORPHAN_KEEP_MS for a person to restore. Returns false if none.
    */
   async orphan(name: string): Promise<boolean> {
+    this.markRecovered(name);
     const copy = this.index.get(name);
     if (!copy) return false;
     this.index.delete(name);
@@ -318,13 +363,15 @@ export class FileStore {
 
   /**
    * Sets a damaged current version aside (renamed `.damaged`, kept for a person to inspect)
-   * so that the file reads as missing here and catch-up fetches it again.
+   * so that it is never served, and marks the file damaged until it is fetched again.
    */
   async quarantine(name: string): Promise<void> {
     const damaged = this.index.get(name);
     if (!damaged) return;
     this.index.delete(name);
-    await rename(damaged.path, `${damaged.path}.damaged`).catch(() => {});
+    this.noteLost(nameKey(name), damaged.version);
+    this.unrecovered.add(nameKey(name));
+    await rename(damaged.path, `${damaged.path}${DAMAGED_SUFFIX}`).catch(() => {});
     await this.syncer.sync();
   }
 

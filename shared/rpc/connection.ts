@@ -168,7 +168,10 @@ export class RpcConnection {
   private uploads = 0;
   private reserved = 0;
   private readonly roomWaiters: RoomWaiter[] = [];
-  private readPaused = false;
+  /** Why reading from the peer is paused: too many of its requests in service, or our send buffer over its mark. */
+  private readonly pausedFor = new Set<'busy' | 'output'>();
+  /** Last time the peer showed life without a frame: it took what we sent, or one of its requests finished. */
+  private lastProgress = 0;
   private lastSeen = Date.now();
   private lastTick = Date.now();
   private lastBuffered = 0;
@@ -224,6 +227,11 @@ export class RpcConnection {
   /** Bytes queued for the socket plus room reserved for answers being made: what this connection holds for sending. */
   get outputBacklog(): number {
     return this.ws.bufferedAmount + this.reserved;
+  }
+
+  /** Whether this connection has stopped reading from its peer (too busy, or its answers not taken). */
+  get readingPaused(): boolean {
+    return this.pausedFor.size > 0;
   }
 
   /** Senders (answers, stream pieces) waiting for room in the send buffer. */
@@ -355,6 +363,8 @@ export class RpcConnection {
       throw new DfsError('TOO_LARGE', `a ${bytes}-byte message is over the peer's ${this.peer.maxMessageBytes}-byte limit`, { bytes });
     }
     this.ws.send(data, this.afterWrite);
+    // Answers of any kind count: past the mark, stop taking requests until the peer reads.
+    if (this.ws.bufferedAmount + this.reserved > this.highWater) this.pauseReading('output');
   }
 
   /** For small control frames, which cannot be too large; a failure is only logged. */
@@ -382,6 +392,7 @@ export class RpcConnection {
   /** Called as each write reaches the socket: the send buffer shrank, waiters may go on. */
   private readonly afterWrite = (): void => {
     if (this.roomWaiters.length > 0) this.grantRoom();
+    if (this.pausedFor.has('output') && this.ws.bufferedAmount + this.reserved <= this.highWater / 2) this.resumeReading('output');
   };
 
   private fits(bytes: number): boolean {
@@ -618,7 +629,7 @@ export class RpcConnection {
         if (active.reserved > 0) this.releaseOutput(active.reserved);
         if (stream) {
           this.uploads--;
-          if (!stream.done) stream.fail(new DfsError('CANCELLED', 'request finished before its stream'));
+          stream.dispose(new DfsError('CANCELLED', 'request finished before its stream'));
           this.incoming.delete(`u${id}`);
         }
         this.resumeIfIdle();
@@ -628,16 +639,24 @@ export class RpcConnection {
 
   /** Too many requests in service: stop reading until some finish (TCP carries the pressure back). */
   private pauseIfBusy(): void {
-    if (this.readPaused || this.active.size < this.maxActive) return;
-    this.readPaused = true;
-    this.ws.pause();
-    this.log.warn('peer has too many requests in service; reading paused', { conn: this.id, label: this.label || undefined, active: this.active.size });
+    if (this.active.size >= this.maxActive) this.pauseReading('busy');
   }
 
   private resumeIfIdle(): void {
-    if (!this.readPaused || this.active.size > (this.maxActive * 3) / 4) return;
-    this.readPaused = false;
-    this.lastSeen = Date.now();
+    this.lastProgress = Date.now();
+    if (this.active.size <= (this.maxActive * 3) / 4) this.resumeReading('busy');
+  }
+
+  private pauseReading(reason: 'busy' | 'output'): void {
+    if (this.pausedFor.has(reason)) return;
+    if (this.pausedFor.size === 0) this.ws.pause();
+    this.pausedFor.add(reason);
+    const why = reason === 'busy' ? 'peer has too many requests in service' : 'send buffer over its mark (the peer is not reading)';
+    this.log.warn(`${why}; reading paused`, { conn: this.id, label: this.label || undefined, active: this.active.size, buffered: this.ws.bufferedAmount });
+  }
+
+  private resumeReading(reason: 'busy' | 'output'): void {
+    if (!this.pausedFor.delete(reason) || this.pausedFor.size > 0 || this.closedWith) return;
     this.ws.resume();
   }
 
@@ -685,28 +704,37 @@ export class RpcConnection {
     }
   }
 
-  /** Sends a stream in pieces, never past the credit the receiver granted. */
+  /**
+   * Sends a stream in pieces, never past the credit the receiver granted, nor past the send
+   * buffer's mark. An answer's content is pulled from its source only once it can go (credit for
+   * a piece, room for a chunk): a peer that pipelines reads and never takes them cannot make this
+   * process read files, or hold them open, for it. An upload is fed by another connection (a
+   * client's write flowing on to a replica), so it takes its chunk first and waits after: holding
+   * room here while waiting on another peer could tie two connections into a knot.
+   */
   private async pump(id: number, up: boolean, source: AsyncIterable<Buffer>): Promise<void> {
     const key = `${up ? 'u' : 'd'}${id}`;
     const credit: Credit = { available: INITIAL_STREAM_CREDIT, wake: null, stopped: null };
     this.credits.set(key, credit);
+    const iterator = source[Symbol.asyncIterator]();
+    let exhausted = false;
     try {
-      for await (const chunk of source) {
-        let offset = 0;
-        while (offset < chunk.length) {
-          const left = chunk.length - offset;
-          await this.waitForCredit(credit, Math.min(left, MIN_STREAM_PIECE_BYTES));
-          if (credit.stopped) throw credit.stopped;
-          if (this.closedWith) throw this.closedWith;
-          const size = Math.min(this.chunkBytes, credit.available, left);
-          await this.acquireOutput(size);
-          try {
-            this.sendFrame({ t: 'data', id, up }, chunk.subarray(offset, offset + size));
-          } finally {
-            this.releaseOutput(size);
+      for (;;) {
+        let held = 0;
+        if (!up) {
+          await this.waitForCredit(credit, MIN_STREAM_PIECE_BYTES);
+          await this.acquireOutput(this.chunkBytes);
+          held = this.chunkBytes;
+        }
+        try {
+          const next = await iterator.next();
+          if (next.done) {
+            exhausted = true;
+            break;
           }
-          credit.available -= size;
-          offset += size;
+          await this.sendChunk(id, up, credit, next.value, held === 0);
+        } finally {
+          if (held > 0) this.releaseOutput(held);
         }
       }
       if (credit.stopped) throw credit.stopped;
@@ -717,6 +745,27 @@ export class RpcConnection {
       throw error;
     } finally {
       this.credits.delete(key);
+      if (!exhausted) void Promise.resolve(iterator.return?.()).catch(() => {});
+    }
+  }
+
+  /** Sends one chunk in pieces as credit allows; `reserve`: wait for send-buffer room per piece. */
+  private async sendChunk(id: number, up: boolean, credit: Credit, chunk: Buffer, reserve: boolean): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.length) {
+      const left = chunk.length - offset;
+      await this.waitForCredit(credit, Math.min(left, MIN_STREAM_PIECE_BYTES));
+      if (credit.stopped) throw credit.stopped;
+      if (this.closedWith) throw this.closedWith;
+      const size = Math.min(this.chunkBytes, credit.available, left);
+      if (reserve) await this.acquireOutput(size);
+      try {
+        this.sendFrame({ t: 'data', id, up }, chunk.subarray(offset, offset + size));
+      } finally {
+        if (reserve) this.releaseOutput(size);
+      }
+      credit.available -= size;
+      offset += size;
     }
   }
 
@@ -728,17 +777,32 @@ export class RpcConnection {
     const late = now - this.lastTick - this.pingIntervalMs;
     this.lastTick = now;
     if (late > this.pingIntervalMs) this.lastSeen = Math.min(now, this.lastSeen + late);
-    // The peer is taking what we send, or we stopped reading it ourselves: either way not silent.
+    // The peer taking what we send is a sign of life, as is one of its requests finishing. A peer
+    // we stopped reading gets no other credit: one that neither reads nor lets a request finish
+    // for the dead-peer time is dropped like a silent one.
     const buffered = this.ws.bufferedAmount;
-    if (buffered < this.lastBuffered || this.readPaused) this.lastSeen = now;
+    if (buffered < this.lastBuffered) this.lastProgress = now;
     this.lastBuffered = buffered;
+    if (this.lastProgress > this.lastSeen) this.lastSeen = this.lastProgress;
+    if (this.pausedFor.has('output') && buffered + this.reserved <= this.highWater / 2) this.resumeReading('output');
     if (now - this.lastSeen > this.deadAfterMs) {
-      this.log.debug('peer silent, dropping connection', { conn: this.id, label: this.label || undefined, silentMs: now - this.lastSeen });
-      this.ws.terminate();
-      this.shutdown(new DfsError('CLOSED', `peer did not answer pings for ${this.deadAfterMs} ms`, { silent: true }));
+      // Frames may be waiting in the socket behind this timer: let them be read first.
+      setImmediate(() => this.judgeSilence());
       return;
     }
     if (this.ws.readyState === WebSocket.OPEN) this.ws.ping();
+  }
+
+  private judgeSilence(): void {
+    if (this.closedWith) return;
+    const silentMs = Date.now() - Math.max(this.lastSeen, this.lastProgress);
+    if (silentMs <= this.deadAfterMs) {
+      if (this.ws.readyState === WebSocket.OPEN) this.ws.ping();
+      return;
+    }
+    this.log.debug('peer silent, dropping connection', { conn: this.id, label: this.label || undefined, silentMs, paused: [...this.pausedFor].join(',') || undefined });
+    this.ws.terminate();
+    this.shutdown(new DfsError('CLOSED', `peer did not answer pings for ${this.deadAfterMs} ms`, { silent: true }));
   }
 
   private shutdown(err: DfsError): void {

@@ -87,6 +87,18 @@ export class IncomingStream implements AsyncIterable<Buffer> {
     this.notify();
   }
 
+  /**
+   * The stream's request is over: whatever was not read is dropped and its credit given back,
+   * whether the stream ended, failed, or was never read at all.
+   */
+  dispose(err: DfsError): void {
+    if (!this.finished && !this.failure) this.failure = err;
+    this.queue.length = 0;
+    this.stopWatchdog();
+    this.release();
+    this.notify();
+  }
+
   /** Ended or failed: nothing more will arrive. */
   get done(): boolean {
     return this.ended || this.failure !== null;
@@ -156,6 +168,8 @@ export class IncomingStream implements AsyncIterable<Buffer> {
         const chunk = this.queue.shift();
         if (chunk !== undefined) {
           this.consumed += chunk.length;
+          // Taken by the consumer: no longer held here, so no longer outstanding credit.
+          this.budget.outstanding -= chunk.length;
           this.maybeGrant();
           yield chunk;
           continue;
