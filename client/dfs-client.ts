@@ -265,6 +265,9 @@ export class DfsClient {
    */
   async lock(name: string, options: LockOptions = {}): Promise<LockHandle> {
     assertValidName(name);
+    const inherited = this.locks.get(name);
+    // Nested in a parent that holds it (dfs lock NAME -- dfs lock NAME -- ...), like flock(1).
+    if (inherited?.kind === 'inherited' && !inherited.lost) return { name, token: inherited.token, release: async () => {} };
     const held = await this.takeLock(name, 'explicit', options);
     return { name, token: held.token, release: () => this.locks.release(held) };
   }
@@ -279,8 +282,18 @@ export class DfsClient {
 
   /** True while this client holds name's lock and has not learned that it was lost. */
   holds(name: string): boolean {
+    return this.lockState(name) === 'held';
+  }
+
+  /**
+   * `lost`: the caller locked name and the lock has ended; writes under it fail with LOCK_LOST
+   * until it is unlocked. A program that writes under its own lock checks this, not `holds`,
+   * so that it does not take a fresh lock for a write meant to be under the lost one.
+   */
+  lockState(name: string): 'held' | 'lost' | 'none' {
     const lock = this.locks.get(name);
-    return lock !== undefined && lock.lost === null;
+    if (lock === undefined || lock.kind === 'implicit') return 'none';
+    return lock.lost === null ? 'held' : 'lost';
   }
 
   /**

@@ -243,7 +243,8 @@ export class LockClient {
       const error = toDfsError(err);
       if (error.code !== 'LOCK_LOST') throw error;
       this.session = null;
-      for (const lock of this.sessionLocks()) this.lose(lock, `its session ended before this client could reclaim it (${error.message})`);
+      this.options.log.info('the lock service refused to give the session back', { session: session.id, error: error.message });
+      for (const lock of this.sessionLocks()) this.lose(lock, 'the lock service ended this client\'s session (its lease lapsed or its connection dropped, or a restart\'s grace period ran out)');
       return;
     }
     const back = new Map<string, number>();
