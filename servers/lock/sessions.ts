@@ -66,7 +66,7 @@ export class SessionRegistry {
     const session = this.sessions.get(id);
     const inGrace = this.graceEndsAt !== null && this.now() < this.graceEndsAt;
     if (!session || !this.orphans.has(session) || !inGrace || !secretMatches(session, secret)) {
-      throw new DfsError('LOCK_LOST', `session ${id} cannot be reclaimed: it has ended (its connection closed, its lease lapsed, or the grace period after a lock-service restart ran out), or the secret is wrong. Its locks are gone`, {
+      throw new DfsError('LOCK_LOST', `session ${id} cannot be reclaimed: it has ended (connection closed, lease lapsed, or grace period over), or the secret is wrong; its locks are gone`, {
         session: id,
       });
     }
