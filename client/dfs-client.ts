@@ -157,6 +157,7 @@ export class DfsClient {
       },
       clientName: this.clientName,
       log: this.log,
+      connectBudgetMs: this.retryBudgetMs,
       ...(options.reclaimBudgetMs !== undefined ? { reclaimBudgetMs: options.reclaimBudgetMs } : {}),
       ...(options.onLockLost ? { onLockLost: options.onLockLost } : {}),
     });

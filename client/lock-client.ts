@@ -39,6 +39,8 @@ export interface LockClientOptions {
   log: Logger;
   /** How long to keep trying to reach the lock service again to reclaim held locks (default 30 s). */
   reclaimBudgetMs?: number;
+  /** How long to keep trying to reach it otherwise, to take a lock (default 15 s). */
+  connectBudgetMs?: number;
   /** Told as soon as an explicit or inherited lock is known to be lost. */
   onLockLost?: (name: string, error: DfsError) => void;
 }
@@ -51,6 +53,7 @@ export interface AcquireOptions {
 }
 
 export const DEFAULT_RECLAIM_BUDGET_MS = 30_000;
+export const DEFAULT_CONNECT_BUDGET_MS = 15_000;
 const CONNECT_TIMEOUT_MS = 2000;
 const FIRST_RETRY_MS = 50;
 /** Well inside the service's grace period (one lease, 3 s by default). */
@@ -77,11 +80,14 @@ export class LockClient {
     return this.held.get(name);
   }
 
-  /** The open connection, with a session; reconnects (and reclaims) when there is none. */
-  connection(): Promise<RpcConnection> {
+  /**
+   * The open connection, with a session; reconnects (and reclaims) when there is none, retrying
+   * for a while, or (`once`) trying just once, for a look that had better fail fast.
+   */
+  connection(once = false): Promise<RpcConnection> {
     if (this.closed) return Promise.reject(new DfsError('CLOSED', 'this client is closed'));
     if (this.conn && !this.conn.closed) return Promise.resolve(this.conn);
-    this.connecting ??= this.connectWithRetry().finally(() => (this.connecting = null));
+    this.connecting ??= (once ? this.establish() : this.connectWithRetry()).finally(() => (this.connecting = null));
     return this.connecting;
   }
 
@@ -167,7 +173,7 @@ export class LockClient {
 
   /** Every lock held or waited for, paged through. */
   async status(): Promise<LockStatus[]> {
-    const conn = await this.connection();
+    const conn = await this.connection(true);
     return allPages(
       async (after) => {
         const page = (await conn.call('status', after === undefined ? {} : { after })).result as LockStatusResult;
@@ -193,7 +199,9 @@ export class LockClient {
   }
 
   private async connectWithRetry(): Promise<RpcConnection> {
-    const deadline = Date.now() + (this.options.reclaimBudgetMs ?? DEFAULT_RECLAIM_BUDGET_MS);
+    const reclaiming = this.sessionLocks().length > 0;
+    const budget = reclaiming ? (this.options.reclaimBudgetMs ?? DEFAULT_RECLAIM_BUDGET_MS) : (this.options.connectBudgetMs ?? DEFAULT_CONNECT_BUDGET_MS);
+    const deadline = Date.now() + budget;
     let delay = FIRST_RETRY_MS;
     for (;;) {
       try {
@@ -212,7 +220,7 @@ export class LockClient {
 
   private async establish(): Promise<RpcConnection> {
     const conn = await connect(await this.options.lockUrl(), { connectTimeoutMs: CONNECT_TIMEOUT_MS, log: this.options.log });
-    const client = this.options.clientName.slice(0, 64);
+    const client = labelFor(this.options.clientName);
     try {
       if (this.session) await this.reclaim(conn, this.session, client);
       if (!this.session) {
@@ -280,4 +288,10 @@ export class LockClient {
     // Held locks are reclaimed at once, before the grace period runs out; otherwise on next use.
     if (holding > 0) this.connection().catch(() => {});
   }
+}
+
+/** The service takes 1-64 characters of printable, well-formed text as a label; make one so. */
+function labelFor(name: string): string {
+  const label = name.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?').slice(0, 64).toWellFormed();
+  return label === '' ? 'client' : label;
 }

@@ -169,4 +169,22 @@ test('kill -9 of the lock service while 4 clients hold or wait: holders keep the
   }
 });
 
+test('a client name the lock service would refuse as a label is made printable, not refused', async () => {
+  const odd = await client('tab\there\u0007 ' + 'x'.repeat(62) + '\u{1F600}');
+  await odd.create('odd.txt');
+  await odd.withLock('odd.txt', () => odd.write('odd.txt', 'fine'));
+  assert.is((await odd.read('odd.txt')).content.toString(), 'fine');
+});
+
+test('status with the lock service down says so rather than wait for it', async () => {
+  const viewer = await client('viewer');
+  await cluster.lock.stop();
+  try {
+    const status = await viewer.status();
+    assert.is(status.locks, null);
+  } finally {
+    await cluster.startLock();
+  }
+});
+
 test.run();
