@@ -9,11 +9,11 @@ import { mkdtemp, open, rm, stat as statPath, type FileHandle } from 'node:fs/pr
 import { constants as osConstants, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { DfsClient, WriteOptions } from './dfs-client.js';
-import { DfsError } from '../shared/errors.js';
+import { DfsError, toDfsError } from '../shared/errors.js';
 import type { QueuedEvent, WriteResult } from '../shared/protocol.js';
 import { formatSize, ordinal, renderStat, renderStatus } from './format.js';
 import { progressBar } from './progress.js';
-import { openSession, writeCreating, type SessionOptions } from './session.js';
+import { INHERITED_LOCK_NAME, INHERITED_LOCK_TOKEN, openSession, writeCreating, type SessionOptions } from './session.js';
 
 export type CommandName = 'create' | 'write' | 'append' | 'cat' | 'put' | 'get' | 'ls' | 'rm' | 'stat' | 'status' | 'lock';
 
@@ -42,7 +42,7 @@ function waitingNotice(event: QueuedEvent): void {
  * for CMD, which gets the same Ctrl-C from the terminal.
  */
 export async function runCommand(request: CommandRequest): Promise<number> {
-  const client = await openSession(request.session);
+  const client = await openSession(request.session, request.name === 'lock' ? lockLostNotice(request) : undefined);
   try {
     return await dispatch(client, request);
   } finally {
@@ -206,29 +206,46 @@ async function writeFromStdin(client: DfsClient, name: string, mode: 'replace' |
 
 // ------------------------------------------------------------------ lock NAME -- CMD
 
+/** `lock NAME -- CMD` says at once when the lock is lost while CMD runs. */
+function lockLostNotice(request: CommandRequest): (name: string, error: DfsError) => void {
+  const [name] = request.args;
+  return (lost, error) => {
+    if (lost === name) process.stderr.write(`dfs: error: ${error.message}; ${basename(request.command[0] ?? 'the command')} runs on without it, and its writes under it fail\n`);
+  };
+}
+
 /**
  * Holds name's write lock while command runs, like flock(1): the command inherits the terminal,
- * and its exit status becomes ours (128 + signal number when it was killed).
+ * and its exit status becomes ours (128 + signal number when it was killed). `dfs` commands in
+ * it write under this lock (its token comes in the environment) instead of waiting for it.
+ *
+ * If the lock is lost meanwhile (said on stderr as soon as it is known), the release at the end
+ * says so: that is reported again, and the exit status is not 0.
  */
 async function runLocked(client: DfsClient, name: string, command: string[], timeoutMs: number): Promise<number> {
   const lock = await client.lock(name, { timeoutMs, onQueued: waitingNotice });
+  let status: number;
   try {
-    const status = await runChild(command);
-    if (!client.holds(name)) {
-      // The session dropped while the command ran: someone else may have had the lock meanwhile.
-      process.stderr.write(`dfs: error: the lock on ${name} was lost while the command ran (the connection to the lock service dropped)\n`);
-      return status === 0 ? 1 : status;
-    }
-    return status;
-  } finally {
+    status = await runChild(command, { [INHERITED_LOCK_NAME]: name, [INHERITED_LOCK_TOKEN]: String(lock.token) });
+  } catch (err) {
     await lock.release().catch(() => {});
+    throw err;
+  }
+  try {
+    await lock.release();
+    return status;
+  } catch (err) {
+    const error = toDfsError(err);
+    if (error.code !== 'LOCK_LOST') throw error;
+    process.stderr.write(`dfs: error: ${error.message}; ${basename(command[0] ?? 'the command')} did not hold it all the time it ran\n`);
+    return status === 0 ? 1 : status;
   }
 }
 
 /** Runs command with our stdio; its exit status, or 128 + the signal number that killed it. */
-async function runChild(command: string[]): Promise<number> {
+async function runChild(command: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [file, ...args] = command as [string, ...string[]];
-  const child = spawn(file, args, { stdio: 'inherit' });
+  const child = spawn(file, args, { stdio: 'inherit', env: { ...process.env, ...env } });
   // Ctrl-C reaches the command too (same process group): we wait for it, then unlock. A SIGTERM
   // sent to us alone is passed on, so that the command does not go on running unlocked.
   const waitForChild = () => {};

@@ -7,6 +7,10 @@
  * - Writes go to the file's primary with the fencing token of the file's lock; a write without
  *   a lock held takes and releases one itself. After the write is acknowledged the cache holds
  *   the new content (write-through), so a client always reads its own writes.
+ * - A lock the caller took (lock, withLock) is never replaced behind its back: once it has
+ *   ended (lease lapsed, session not reclaimable after a lock-service restart, or a file server
+ *   refused its token), every write under it fails with LOCK_LOST until it is unlocked
+ *   (lock-client.ts keeps the session and reclaims it after a restart).
  * - Transient failures (a copy down, a connection lost) are retried with backoff on another
  *   copy within a bounded time. A retried write carries the same request id, so a write whose
  *   answer was lost is not applied twice.
@@ -21,7 +25,6 @@ import { silentLogger, type Logger } from '../shared/log.js';
 import { allPages } from '../shared/pages.js';
 import { ConnectionPool } from '../shared/pool.js';
 import type {
-  AcquireResult,
   InfoResult,
   ListResult,
   LocateResult,
@@ -38,6 +41,7 @@ import type {
 import { INLINE_CONTENT_BYTES } from '../shared/limits.js';
 import { checkUrl, type RpcConnection, type Response } from '../shared/rpc.js';
 import { ContentCache, type CachedFile } from './cache.js';
+import { LockClient, type HeldLock } from './lock-client.js';
 
 export interface DfsClientOptions {
   /** Shown to other clients as the holder of this client's locks (default user@host:pid). */
@@ -48,6 +52,13 @@ export interface DfsClientOptions {
   lockTimeoutMs?: number;
   /** Total time spent retrying one operation across copies (default 15 s). */
   retryBudgetMs?: number;
+  /** How long to keep trying to reach a restarted lock service to reclaim held locks (default 30 s). */
+  reclaimBudgetMs?: number;
+  /**
+   * Told as soon as a lock the caller took is known to be lost (its writes will fail with
+   * LOCK_LOST), so that a program can say so before its next write.
+   */
+  onLockLost?: (name: string, error: DfsError) => void;
   log?: Logger;
 }
 
@@ -94,6 +105,15 @@ interface WriteTarget {
   primaryUrl: string;
 }
 
+/** What a write learned of its own fate: whether an attempt may have been applied unseen. */
+interface WriteAttempt {
+  /** An attempt's answer was lost (connection closed, timed out): it may have been applied. */
+  uncertain: boolean;
+}
+
+/** How many times a write under a lock the library took is run again after losing that lock. */
+const MAX_IMPLICIT_RUNS = 3;
+
 /** A content source that can be opened again, so a write can be retried. */
 type ContentSource = { kind: 'buffer'; content: Buffer } | { kind: 'stream'; size: number; open: () => AsyncIterable<Buffer> };
 
@@ -118,7 +138,7 @@ export class DfsClient {
   private readonly lockTimeoutMs: number;
   private readonly retryBudgetMs: number;
   private lockUrl: string | null = null;
-  private readonly held = new Map<string, { token: number; conn: RpcConnection }>();
+  private readonly locks: LockClient;
   private readonly writeTargets = new Map<string, WriteTarget>();
   private closed = false;
 
@@ -129,17 +149,17 @@ export class DfsClient {
     this.log = options.log ?? silentLogger;
     this.lockTimeoutMs = options.lockTimeoutMs ?? 30_000;
     this.retryBudgetMs = options.retryBudgetMs ?? 15_000;
-    this.pool = new ConnectionPool({
-      connectTimeoutMs: 5000,
-      log: this.log,
-      onConnect: async (conn, url) => {
-        if (url === this.lockUrl) {
-          await conn.call('hello', { client: this.clientName.slice(0, 64) });
-          conn.onClose(() => {
-            for (const [name, lock] of this.held) if (lock.conn === conn) this.held.delete(name);
-          });
-        }
+    this.pool = new ConnectionPool({ connectTimeoutMs: 5000, log: this.log });
+    this.locks = new LockClient({
+      lockUrl: async () => {
+        if (!this.lockUrl) await this.directory();
+        return this.lockUrl as string;
       },
+      clientName: this.clientName,
+      log: this.log,
+      connectBudgetMs: this.retryBudgetMs,
+      ...(options.reclaimBudgetMs !== undefined ? { reclaimBudgetMs: options.reclaimBudgetMs } : {}),
+      ...(options.onLockLost ? { onLockLost: options.onLockLost } : {}),
     });
   }
 
@@ -165,11 +185,6 @@ export class DfsClient {
       this.lockUrl = info.lockUrl;
     }
     return conn;
-  }
-
-  private async lockService(): Promise<RpcConnection> {
-    if (!this.lockUrl) await this.directory();
-    return this.pool.get(this.lockUrl as string);
   }
 
   private async callDirectory(op: string, args: unknown): Promise<unknown> {
@@ -226,7 +241,7 @@ export class DfsClient {
     const status = (await this.callDirectory('status', {})) as StatusResult;
     let locks: ClusterStatus['locks'] = null;
     try {
-      locks = ((await (await this.lockService()).call('status', {})).result as LockStatusResult).locks;
+      locks = await this.locks.status();
     } catch {
       locks = null; // the lock service is down; say so rather than fail the whole status
     }
@@ -245,40 +260,50 @@ export class DfsClient {
 
   // ------------------------------------------------------------ locks
 
+  /**
+   * Waits in line for name's lock and holds it until unlock. Writes under it use its token; once
+   * it is lost they fail with LOCK_LOST (see onLockLost) until it is unlocked or locked again.
+   */
   async lock(name: string, options: LockOptions = {}): Promise<LockHandle> {
     assertValidName(name);
-    const timeoutMs = options.timeoutMs ?? this.lockTimeoutMs;
-    const conn = await this.retrying('lock', () => this.lockService(), options.signal);
-    const res = await conn.call(
-      'acquire',
-      { name, timeoutMs },
-      {
-        timeoutMs: timeoutMs + 5000,
-        signal: options.signal,
-        onEvent: (ev, data) => {
-          if (ev === 'queued') options.onQueued?.(data as QueuedEvent);
-        },
-        // A grant that crosses our cancel in flight is handed back at once.
-        onLateResult: (result) => void conn.call('release', { name, token: (result as AcquireResult).token }).catch(() => {}),
-      },
-    );
-    const { token } = res.result as AcquireResult;
-    this.held.set(name, { token, conn });
-    return { name, token, release: () => this.unlock(name) };
+    const inherited = this.locks.get(name);
+    // Nested in a parent that holds it (dfs lock NAME -- dfs lock NAME -- ...), like flock(1).
+    if (inherited?.kind === 'inherited' && !inherited.lost) return { name, token: inherited.token, release: async () => {} };
+    const held = await this.takeLock(name, 'explicit', options);
+    return { name, token: held.token, release: () => this.locks.release(held) };
   }
 
+  /** Releases name's lock. LOCK_LOST, with what ended it, when it had been lost already. */
   async unlock(name: string): Promise<void> {
     assertValidName(name);
-    const lock = this.held.get(name);
+    const lock = this.locks.get(name);
     if (!lock) throw new DfsError('NOT_HOLDER', `this client does not hold the lock on ${name}`);
-    this.held.delete(name);
-    if (lock.conn.closed) return; // the session ended, and with it the lock
-    await lock.conn.call('release', { name, token: lock.token });
+    await this.locks.release(lock);
   }
 
+  /** True while this client holds name's lock and has not learned that it was lost. */
   holds(name: string): boolean {
-    const lock = this.held.get(name);
-    return lock !== undefined && !lock.conn.closed;
+    return this.lockState(name) === 'held';
+  }
+
+  /**
+   * `lost`: the caller locked name and the lock has ended; writes under it fail with LOCK_LOST
+   * until it is unlocked. A program that writes under its own lock checks this, not `holds`,
+   * so that it does not take a fresh lock for a write meant to be under the lost one.
+   */
+  lockState(name: string): 'held' | 'lost' | 'none' {
+    const lock = this.locks.get(name);
+    if (lock === undefined || lock.kind === 'implicit') return 'none';
+    return lock.lost === null ? 'held' : 'lost';
+  }
+
+  /**
+   * Writes under name use `token`, the lock a parent process holds and passed down (`dfs lock
+   * NAME -- CMD` does), instead of taking the lock; they fail with LOCK_LOST once it is stale.
+   */
+  adoptLock(name: string, token: number): void {
+    assertValidName(name);
+    this.locks.adopt(name, token);
   }
 
   /** Runs fn holding the lock on name, releasing it afterwards whatever happens. */
@@ -289,6 +314,11 @@ export class DfsClient {
     } finally {
       await lock.release().catch((err: unknown) => this.log.debug('release failed', { name, error: toDfsError(err).message }));
     }
+  }
+
+  private async takeLock(name: string, kind: 'explicit' | 'implicit', options: LockOptions): Promise<HeldLock> {
+    if (this.closed) throw new DfsError('CLOSED', 'this client is closed');
+    return this.locks.acquire(name, { kind, timeoutMs: options.timeoutMs ?? this.lockTimeoutMs, signal: options.signal, onQueued: options.onQueued });
   }
 
   // ------------------------------------------------------------ reads
@@ -404,13 +434,13 @@ export class DfsClient {
 
   async delete(name: string, options: WriteOptions = {}): Promise<void> {
     assertValidName(name);
-    await this.underLock(name, options, async (token) => {
+    await this.underLock(name, options, async (token, attempt) => {
       await this.retrying('delete', async () => {
         const target = await this.writeTarget(name);
         try {
           await (await this.pool.get(target.primaryUrl)).call('delete', { name, epoch: target.epoch, token });
         } catch (err) {
-          this.onWriteError(name, err);
+          this.onWriteError(name, err, attempt);
         }
       });
     });
@@ -420,23 +450,59 @@ export class DfsClient {
   private async writeSource(name: string, mode: WriteMode, source: ContentSource, options: WriteOptions): Promise<WriteResult> {
     assertValidName(name);
     const requestId = randomUUID();
-    return this.underLock(name, options, (token) => this.writeWithToken(name, mode, source, token, requestId, options));
+    return this.underLock(name, options, (token, attempt) => this.writeWithToken(name, mode, source, token, requestId, options, attempt));
   }
 
-  /** Runs fn with the fencing token of name's lock: the one held, or one taken for the call. */
-  private async underLock<T>(name: string, options: WriteOptions, fn: (token: number) => Promise<T>): Promise<T> {
-    const held = this.held.get(name);
-    if (held) {
-      if (held.conn.closed) {
-        this.held.delete(name);
-        throw new DfsError('NOT_HOLDER', `the lock on ${name} was lost when the connection to the lock service dropped; lock it again`);
+  /**
+   * Runs fn with the fencing token of name's lock: the one held, or one taken for the call.
+   *
+   * Under a held lock, a lost lock fails the write with LOCK_LOST (a file server's STALE_TOKEN
+   * means just that). Under a lock taken for the call, the caller was promised the write, not a
+   * lock: a write that lost its lock is run again under a fresh one, but only when no attempt of
+   * it can have been applied (every answer came back); otherwise it is LOCK_LOST, saying so.
+   */
+  private async underLock<T>(name: string, options: WriteOptions, fn: (token: number, attempt: WriteAttempt) => Promise<T>): Promise<T> {
+    const held = this.locks.get(name);
+    if (held) return this.underHeldLock(held, fn);
+    const lockOptions: LockOptions = { timeoutMs: options.lockTimeoutMs ?? this.lockTimeoutMs, signal: options.signal, onQueued: options.onQueued };
+    for (let run = 1; ; run++) {
+      const lock = await this.takeLock(name, 'implicit', lockOptions);
+      const attempt: WriteAttempt = { uncertain: false };
+      try {
+        return await fn(lock.token, attempt);
+      } catch (err) {
+        const lost = this.lossOf(lock, err, attempt);
+        if (!lost) throw err;
+        if (attempt.uncertain || run >= MAX_IMPLICIT_RUNS) throw lost;
+        this.log.info('the lock taken for a write ended before the write was applied; running it again under a new lock', { name, run });
+      } finally {
+        await this.locks.release(lock).catch((err: unknown) => this.log.debug('release failed', { name, error: toDfsError(err).message }));
       }
-      return fn(held.token);
     }
-    const lockOptions: LockOptions = { timeoutMs: options.lockTimeoutMs ?? this.lockTimeoutMs };
-    if (options.onQueued) lockOptions.onQueued = options.onQueued;
-    if (options.signal) lockOptions.signal = options.signal;
-    return this.withLock(name, (lock) => fn(lock.token), lockOptions);
+  }
+
+  private async underHeldLock<T>(lock: HeldLock, fn: (token: number, attempt: WriteAttempt) => Promise<T>): Promise<T> {
+    const attempt: WriteAttempt = { uncertain: false };
+    if (lock.lost) throw this.lossOf(lock, lock.lost, attempt)!;
+    try {
+      return await fn(lock.token, attempt);
+    } catch (err) {
+      throw this.lossOf(lock, err, attempt) ?? err;
+    }
+  }
+
+  /**
+   * The LOCK_LOST a failed write under `lock` stands for, or null when it failed for another
+   * reason. STALE_TOKEN from a file server marks the lock lost.
+   */
+  private lossOf(lock: HeldLock, err: unknown, attempt: WriteAttempt): DfsError | null {
+    const error = toDfsError(err);
+    if (error.code === 'STALE_TOKEN') this.locks.lose(lock, `a file server refused its fencing token ${lock.token} (${error.message})`);
+    if (!lock.lost || (error.code !== 'STALE_TOKEN' && error.code !== 'LOCK_LOST' && !isTransient(error))) return null;
+    const outcome = attempt.uncertain
+      ? `an earlier attempt of this write may have been applied before the lock ended; read ${lock.name} to check`
+      : `nothing was written to ${lock.name}`;
+    return new DfsError('LOCK_LOST', `${lock.lost.message}; ${outcome}`, { name: lock.name, token: lock.token, mayHaveApplied: attempt.uncertain });
   }
 
   private async writeTarget(name: string): Promise<WriteTarget> {
@@ -448,15 +514,16 @@ export class DfsClient {
     return target;
   }
 
-  /** Drops what a failed write says is out of date, and rethrows. */
-  private onWriteError(name: string, err: unknown): never {
+  /** Drops what a failed write says is out of date, notes an answer that was lost, and rethrows. */
+  private onWriteError(name: string, err: unknown, attempt: WriteAttempt): never {
     const error = toDfsError(err);
+    if (error.code === 'CLOSED' || error.code === 'TIMEOUT') attempt.uncertain = true;
     if (error.code === 'NOT_PRIMARY' || error.code === 'NOT_FOUND' || isTransient(error)) this.writeTargets.delete(name);
     if (error.code === 'NOT_PRIMARY') throw new DfsError('UNAVAILABLE', error.message); // relocate and retry
     throw error;
   }
 
-  private async writeWithToken(name: string, mode: WriteMode, source: ContentSource, token: number, requestId: string, options: WriteOptions): Promise<WriteResult> {
+  private async writeWithToken(name: string, mode: WriteMode, source: ContentSource, token: number, requestId: string, options: WriteOptions, attempt: WriteAttempt): Promise<WriteResult> {
     const size = source.kind === 'buffer' ? source.content.length : source.size;
     // Hashed once: every attempt sends it, and the cache update compares against it.
     const contentSha = source.kind === 'buffer' ? sha256(source.content) : undefined;
@@ -474,7 +541,7 @@ export class DfsClient {
           }
           return (await conn.call('write', args, { stream: progress(source.open(), size, options.onProgress), timeoutMs: 120_000 })).result as WriteResult;
         } catch (err) {
-          return this.onWriteError(name, err);
+          return this.onWriteError(name, err, attempt);
         }
       },
       options.signal,
@@ -511,9 +578,11 @@ export class DfsClient {
     this.writeTargets.delete(name);
   }
 
+  /** Closes every connection; the lock service frees any lock still held. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.locks.close();
     this.pool.closeAll();
   }
 }

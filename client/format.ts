@@ -67,11 +67,18 @@ export function renderStatus(status: ClusterStatus, now = Date.now()): string {
     lines.push(
       table([
         ['FILE', 'HOLDER', 'TOKEN', 'SINCE', 'WAITING'],
-        ...status.locks.map((l) => [l.name, l.holder, String(l.token), formatAge(l.since, now), l.waiters.length === 0 ? '-' : l.waiters.join(', ')]),
+        ...status.locks.map((l) => [l.name, l.holder, String(l.token), formatAge(l.since, now), waitersCell(l.waiters, l.waiting)]),
       ]),
     );
   }
   return lines.join('\n');
+}
+
+/** "alice, bob", or "alice, bob and 98 more" when the service listed only the first waiters. */
+function waitersCell(waiters: string[], waiting: number): string {
+  if (waiting === 0) return '-';
+  const more = waiting - waiters.length;
+  return more > 0 ? `${waiters.join(', ')}${waiters.length > 0 ? ' and ' : ''}${more} more` : waiters.join(', ');
 }
 
 export function renderStat(stat: StatOutcome): string {

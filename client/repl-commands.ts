@@ -4,11 +4,12 @@
  * like the seed's example. The terminal (prompts, colour, the lock-wait line) is behind ReplIo.
  */
 import type { DfsClient, LockHandle } from './dfs-client.js';
-import { DfsError } from '../shared/errors.js';
+import { DfsError, toDfsError } from '../shared/errors.js';
 import { editText, configuredEditor } from './editor.js';
 import { isText, lockWaitMessage, renderStat, renderStatus } from './format.js';
+import { saveRecovery } from './recovery.js';
 import { HELP_TEXT, type ReplCommandName } from './repl-syntax.js';
-import { ensureFile } from './session.js';
+import { ensureFile, errorMessage } from './session.js';
 
 export interface ReplIo {
   /** Input is a person at a terminal (prompts, colour); otherwise a script piping commands in. */
@@ -108,9 +109,24 @@ export class ReplCommands {
     }
   }
 
-  /** The lock this command must release afterwards, or null when the user holds it (lock NAME). */
+  /**
+   * The lock this command must release afterwards, or null when the user holds it (lock NAME).
+   * Also null when the user's lock was lost: the write must then fail, not take a new lock.
+   */
   private async lockUnlessHeld(name: string, signal: AbortSignal): Promise<LockHandle | null> {
-    return this.client.holds(name) ? null : this.lock(name, signal);
+    return this.client.lockState(name) === 'none' ? this.lock(name, signal) : null;
+  }
+
+  /** The error of a save that failed, once the text is kept in a recovery file, saying where. */
+  private async keptText(name: string, text: string, err: unknown, what: string): Promise<DfsError> {
+    const error = toDfsError(err);
+    const message = errorMessage(err);
+    try {
+      const path = await saveRecovery(name, text);
+      return new DfsError(error.code, `${message}; ${what} is kept in ${path}`, error.details);
+    } catch (saveError) {
+      return new DfsError(error.code, `${message}; and ${what} could not be kept in a recovery file: ${errorMessage(saveError)}`, error.details);
+    }
   }
 
   private async release(name: string, lock: LockHandle | null): Promise<void> {
@@ -154,7 +170,9 @@ export class ReplCommands {
         // we write); sent as a replace, the client can cache the result (write-through), as the
         // seed's client does after its first <write>.
         const replace = mode === 'replace' || size === 0;
-        const result = replace ? await this.client.write(name, content) : await this.client.append(name, content);
+        const result = await (replace ? this.client.write(name, content) : this.client.append(name, content)).catch(async (err: unknown) => {
+          throw await this.keptText(name, content, err, 'what you typed');
+        });
         this.io.print(`File successfully written to ${primary} (${name} version ${result.version}, ${result.size} bytes)`);
         if (result.skipped.length > 0) this.io.print(`(${result.skipped.join(', ')} missed this write and will catch up when back)`);
       }
@@ -211,8 +229,12 @@ export class ReplCommands {
       } else if (!exists && edited === '') {
         this.io.print(`Nothing written; ${name} was not created`);
       } else {
-        if (!exists) await ensureFile(this.client, name);
-        const result = await this.client.write(name, edited);
+        const result = await (async () => {
+          if (!exists) await ensureFile(this.client, name);
+          return this.client.write(name, edited);
+        })().catch(async (err: unknown) => {
+          throw await this.keptText(name, edited, err, 'your edited text');
+        });
         this.io.print(`Saved ${name}: version ${result.version}, ${result.size} bytes`);
         if (result.skipped.length > 0) this.io.print(`(${result.skipped.join(', ')} missed this write and will catch up when back)`);
       }

@@ -169,7 +169,8 @@ export async function runRepl(options: SessionOptions): Promise<number> {
 
   let client: DfsClient;
   try {
-    client = await openSession(options);
+    // Said as soon as it is known, not only at the next write.
+    client = await openSession(options, (name, error) => io.error(`${error.message}; writes under it fail until you unlock ${name}`));
   } catch (err) {
     io.error(errorMessage(err));
     lines.close();

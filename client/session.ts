@@ -5,6 +5,7 @@
  */
 import { DfsClient } from './dfs-client.js';
 import { DfsError } from '../shared/errors.js';
+import { assertValidName } from '../shared/names.js';
 
 export interface SessionOptions {
   directoryUrl: string;
@@ -12,11 +13,21 @@ export interface SessionOptions {
   lockTimeoutMs: number;
 }
 
-export async function openSession(options: SessionOptions): Promise<DfsClient> {
+/**
+ * `dfs lock NAME -- CMD` runs CMD with these set: a `dfs` command in CMD writes to NAME under
+ * that lock (its token) instead of waiting for it, and fails with LOCK_LOST once it is lost.
+ */
+export const INHERITED_LOCK_NAME = 'DFS_LOCK_NAME';
+export const INHERITED_LOCK_TOKEN = 'DFS_LOCK_TOKEN';
+
+export async function openSession(options: SessionOptions, onLockLost?: (name: string, error: DfsError) => void): Promise<DfsClient> {
+  const inherited = inheritedLock(process.env);
+  let client: DfsClient;
   try {
-    return await DfsClient.connect(options.directoryUrl, {
+    client = await DfsClient.connect(options.directoryUrl, {
       lockTimeoutMs: options.lockTimeoutMs,
       ...(options.clientName ? { clientName: options.clientName } : {}),
+      ...(onLockLost ? { onLockLost } : {}),
     });
   } catch (err) {
     if (err instanceof DfsError && (err.code === 'UNAVAILABLE' || err.code === 'CLOSED' || err.code === 'TIMEOUT')) {
@@ -24,6 +35,19 @@ export async function openSession(options: SessionOptions): Promise<DfsClient> {
     }
     throw err;
   }
+  if (inherited) client.adoptLock(inherited.name, inherited.token);
+  return client;
+}
+
+function inheritedLock(env: NodeJS.ProcessEnv): { name: string; token: number } | null {
+  const name = env[INHERITED_LOCK_NAME];
+  const token = env[INHERITED_LOCK_TOKEN];
+  if (!name && !token) return null;
+  if (!name || !token || !/^\d{1,15}$/.test(token)) {
+    throw new DfsError('BAD_REQUEST', `${INHERITED_LOCK_NAME} and ${INHERITED_LOCK_TOKEN} (set by dfs lock NAME -- CMD) must both be set, the token a whole number; got ${JSON.stringify(name ?? '')} and ${JSON.stringify(token ?? '')}`);
+  }
+  assertValidName(name);
+  return { name, token: Number(token) };
 }
 
 /** Creates name unless it exists. Returns true when this call created it. */

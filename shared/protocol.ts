@@ -188,9 +188,24 @@ export function holdingsOf(page: HoldingsResult): Holding[] {
 
 // ---------------------------------------------------------------- lock service
 
+/** What other clients see as a lock holder's name: printable text, no control characters. */
+const clientLabel = z
+  .string()
+  .min(1)
+  .max(64)
+  .refine((value) => value.isWellFormed() && !/[\u0000-\u001f\u007f-\u009f]/.test(value), 'a client label is printable text, without control characters');
+
+/** A session id as `hello` issues it: random hex. */
+export const lockSessionId = z.string().regex(/^[0-9a-f]{8,32}$/, 'a session id is 8-32 lowercase hex digits');
+
 export const lockOps = {
-  /** Optional: a label shown to other clients as the holder of this session's locks. */
-  hello: z.object({ client: z.string().min(1).max(64) }).strict(),
+  /**
+   * Opens a session for this connection (or, sent again, changes its label): the answer carries
+   * the session id, which others see, and a secret that only this client knows.
+   */
+  hello: z.object({ client: clientLabel }).strict(),
+  /** On a fresh connection after a lock-service restart: takes back a session and its locks. */
+  reclaim: z.object({ session: lockSessionId, secret: z.string().min(16).max(128), client: clientLabel }).strict(),
   acquire: z
     .object({
       name: fileName,
@@ -200,11 +215,22 @@ export const lockOps = {
     .strict(),
   release: z.object({ name: fileName, token: counter.optional() }).strict(),
   validate: z.object({ name: fileName, token: counter }).strict(),
-  status: z.object({ name: fileName.optional() }).strict(),
+  /** Locks held or waited for, by name, a page at a time (each page under ~48 KiB of JSON). */
+  status: z.object({ name: fileName.optional(), after: z.string().max(1024).optional() }).strict(),
+  /** The locks this connection's session holds, by name, a page at a time. */
+  held: z.object({ after: z.string().max(1024).optional() }).strict(),
 } as const;
 
 export interface HelloResult {
   session: string;
+  /** Proves the session is this client's when it reclaims it; the service keeps only a hash. */
+  secret: string;
+}
+
+export interface ReclaimResult {
+  session: string;
+  /** How many locks the session holds again; `held` lists them. */
+  held: number;
 }
 
 export interface AcquireResult {
@@ -226,11 +252,20 @@ export interface LockStatus {
   token: number;
   /** Milliseconds since the epoch when the lock was granted. */
   since: number;
+  /** The first waiters, in line order, as many as fit a byte budget; `waiting` counts them all. */
   waiters: string[];
+  waiting: number;
 }
 
 export interface LockStatusResult {
   locks: LockStatus[];
+  /** More locks follow the last one; ask again with `after` set to its name. */
+  more: boolean;
+}
+
+export interface HeldResult {
+  locks: Array<{ name: string; token: number }>;
+  more: boolean;
 }
 
 export type OpsOf<T> = { [K in keyof T]: T[K] extends z.ZodType ? z.infer<T[K]> : never };

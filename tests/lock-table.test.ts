@@ -1,6 +1,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { LockTable, NO_HOLDER, ordinal, type LockSession, type Waiter, type AcquireOutcome, type Changes } from '../servers/lock/lock-table.js';
+import { LockTable, NO_HOLDER, PAGE_BYTES, WAITER_LIST_BYTES, ordinal, type LockSession, type Waiter, type AcquireOutcome, type Changes } from '../servers/lock/lock-table.js';
 import { DfsError } from '../shared/errors.js';
 
 const test = suite('lock-table');
@@ -32,6 +32,8 @@ function codeOf(fn: () => unknown): string {
   }
   return 'ok';
 }
+
+const statusOf = <T>(table: LockTable<T>, name?: string) => table.statusPage(name === undefined ? {} : { name }).items;
 
 const sessionsOf = <T>(changes: Changes<T>) => changes.granted.map((g) => g.waiter.session.id);
 
@@ -82,7 +84,7 @@ test('re-acquire by the holder returns its token; a second wait by one session i
   const wb = queued(table.acquire('x', b));
   assert.is(codeOf(() => table.acquire('x', b)), 'BAD_REQUEST');
   assert.is(wb.position, 1);
-  assert.is(table.status('x')[0]!.waiters.length, 1, 'the refused second wait changed nothing');
+  assert.is(statusOf(table, 'x')[0]!.waiters.length, 1, 'the refused second wait changed nothing');
 });
 
 test('not waiting: busy with the holder described, nothing queued', () => {
@@ -90,7 +92,7 @@ test('not waiting: busy with the holder described, nothing queued', () => {
   table.acquire('x', session('a', 'alice'));
   const outcome = table.acquire('x', session('b'), false);
   assert.equal(outcome, { kind: 'busy', holder: 'client alice (a)', waiting: 0 });
-  assert.equal(table.status('x')[0]!.waiters, []);
+  assert.equal(statusOf(table, 'x')[0]!.waiters, []);
 });
 
 test('release by a non-holder, or with another token, is NOT_HOLDER and changes nothing', () => {
@@ -100,13 +102,13 @@ test('release by a non-holder, or with another token, is NOT_HOLDER and changes 
   const c = session('c');
   const token = granted(table.acquire('x', a));
   const wb = queued(table.acquire('x', b));
-  const before = JSON.stringify(table.status());
+  const before = JSON.stringify(statusOf(table));
   assert.is(codeOf(() => table.release('x', c)), 'NOT_HOLDER');
   assert.is(codeOf(() => table.release('x', c, token)), 'NOT_HOLDER');
   assert.is(codeOf(() => table.release('x', b)), 'NOT_HOLDER', 'a waiter is not the holder');
   assert.is(codeOf(() => table.release('x', a, token + 1)), 'NOT_HOLDER', 'wrong token');
   assert.is(codeOf(() => table.release('free', a)), 'NOT_HOLDER');
-  assert.is(JSON.stringify(table.status()), before);
+  assert.is(JSON.stringify(statusOf(table)), before);
   assert.ok(table.validate('x', token));
   assert.ok(wb.waiting);
   assert.equal(sessionsOf(table.release('x', a, token)), ['b']);
@@ -173,7 +175,7 @@ test('dropSession frees its locks, drops its waits, and grants the next waiters'
   assert.is(dropped.changes.moved.length, 2, 'each moved waiter reported once');
   assert.equal([wcx.position, wcz.position], [1, 1]);
   assert.is(table.holderOf('y'), 'nobody');
-  assert.is(table.status('y').length, 0);
+  assert.is(statusOf(table, 'y').length, 0);
   // dropping again, or an unknown session, does nothing
   assert.is(table.dropSession(a).changes.granted.length, 0);
   assert.is(table.dropSession(session('nobody')).released.length, 0);
@@ -219,11 +221,11 @@ test('status describes holders, tokens, grant times and waiters in order', () =>
   table.acquire('a.txt', session('s2'));
   table.acquire('b.txt', session('s3', 'carol'));
   table.acquire('b.txt', session('s4'));
-  assert.equal(table.status(), [
-    { name: 'a.txt', holder: 'client s2', token: 2, since: 6000, waiters: [] },
-    { name: 'b.txt', holder: 'client alice (s1)', token: 1, since: 5000, waiters: ['client carol (s3)', 'client s4'] },
+  assert.equal(statusOf(table), [
+    { name: 'a.txt', holder: 'client s2', token: 2, since: 6000, waiters: [], waiting: 0 },
+    { name: 'b.txt', holder: 'client alice (s1)', token: 1, since: 5000, waiters: ['client carol (s3)', 'client s4'], waiting: 2 },
   ]);
-  assert.equal(table.status('nothing.txt'), []);
+  assert.equal(statusOf(table, 'nothing.txt'), []);
 });
 
 test('without a token the first waiter stays in line until resume, keeping FIFO order', () => {
@@ -244,7 +246,7 @@ test('without a token the first waiter stays in line until resume, keeping FIFO 
   const wy = queued(table.acquire('y', c));
   assert.is(wy.position, 1);
   assert.equal(table.acquire('z', c, false), { kind: 'busy', holder: NO_HOLDER, waiting: 0 });
-  assert.is(table.status('z').length, 0);
+  assert.is(statusOf(table, 'z').length, 0);
   assert.is(table.resume().granted.length, 0, 'still no tokens: nothing granted, nobody told');
   available = 10;
   const resumed = table.resume();
@@ -275,6 +277,96 @@ test('long lines: many waiters granted in order', () => {
     current = g.waiter.session;
   }
   assert.equal(order, waiters.map((w) => w.data));
+});
+
+
+test('per-session caps: past them acquire is LIMIT and changes nothing', () => {
+  const table = new LockTable<string>(counter(), () => 0, { maxHeldPerSession: 3, maxWaitsPerSession: 2 });
+  const [a, b] = [session('a'), session('b')];
+  for (const name of ['1', '2', '3']) granted(table.acquire(name, a));
+  const before = JSON.stringify(statusOf(table));
+  const held = (() => {
+    try {
+      table.acquire('4', a);
+    } catch (err) {
+      return err as DfsError;
+    }
+    throw new Error('expected LIMIT');
+  })();
+  assert.is(held.code, 'LIMIT');
+  assert.match(held.message, 'at most 3');
+  assert.is(JSON.stringify(statusOf(table)), before, 'the refused acquire changed nothing');
+  assert.is(granted(table.acquire('1', a)), 1, 'asking again for a lock it holds is no new lock');
+
+  queued(table.acquire('1', b));
+  queued(table.acquire('2', b));
+  assert.is(codeOf(() => table.acquire('3', b)), 'LIMIT', 'a third wait');
+  assert.is(codeOf(() => table.acquire('3', b, false)), 'ok', 'not waiting is not a wait: LOCKED, not LIMIT');
+  granted(table.acquire('free', b));
+  assert.is(codeOf(() => table.acquire('free2', b)), 'LIMIT', 'a hold plus two waits fill the cap of 3');
+  assert.equal(statusOf(table, '3')[0]!.waiters, []);
+});
+
+test('status pages by bytes: 10,000 locks, long names, a long line of waiters', () => {
+  const table = new LockTable<string>(counter(), () => 0, { maxHeldPerSession: 10_000, maxWaitsPerSession: 10 });
+  const holder = session('h0h0h0h0', 'x'.repeat(64));
+  const names: string[] = [];
+  for (let i = 0; i < 10_000; i++) {
+    const name = `${'d'.repeat(100)}/${'f'.repeat(120)}-${String(i).padStart(5, '0')}.txt`;
+    names.push(name);
+    granted(table.acquire(name, holder));
+  }
+  for (let i = 0; i < 500; i++) queued(table.acquire(names[42]!, session(`w${i}`, `waiter-${i}-${'y'.repeat(50)}`)));
+  const seen: string[] = [];
+  let after: string | undefined;
+  let pages = 0;
+  for (;;) {
+    const page = table.statusPage(after === undefined ? {} : { after });
+    pages++;
+    const bytes = Buffer.byteLength(JSON.stringify({ locks: page.items, more: page.more }));
+    assert.ok(bytes < PAGE_BYTES, `page ${pages} is ${bytes} bytes`);
+    for (const lock of page.items) {
+      seen.push(lock.name);
+      if (lock.name === names[42]) {
+        assert.is(lock.waiting, 500);
+        assert.ok(lock.waiters.length > 10 && lock.waiters.length < 500, `${lock.waiters.length} waiters listed`);
+        assert.ok(Buffer.byteLength(JSON.stringify(lock.waiters)) <= WAITER_LIST_BYTES + 2);
+        assert.is(lock.waiters[0], 'client waiter-0-' + 'y'.repeat(50) + ' (w0)', 'line order');
+      }
+    }
+    if (!page.more) break;
+    after = page.items.at(-1)!.name;
+  }
+  assert.equal(seen, names, 'every lock once, in name order');
+  assert.ok(pages > 10, `${pages} pages`);
+
+  const held: string[] = [];
+  after = undefined;
+  for (;;) {
+    const page = table.heldPage(holder, after);
+    assert.ok(Buffer.byteLength(JSON.stringify(page)) < PAGE_BYTES);
+    held.push(...page.items.map((l) => l.name));
+    if (!page.more) break;
+    after = page.items.at(-1)!.name;
+  }
+  assert.equal(held, names);
+  assert.is(table.heldCount(holder), 10_000);
+});
+
+test('a restored holder keeps its token valid; others wait behind it; dropping it grants the next', () => {
+  const table = new LockTable<string>(counter(500), () => 0);
+  const orphan: LockSession = { id: 'o1', label: 'alice', awaitingReclaim: true };
+  table.adopt('x', orphan, 41, 7);
+  assert.ok(table.validate('x', 41));
+  assert.match(table.holderOf('x'), /client alice \(o1\), kept for it after a lock-service restart/);
+  assert.is(table.acquire('x', session('b'), false).kind, 'busy');
+  const wb = queued(table.acquire('x', session('b')));
+  assert.is(codeOf(() => table.adopt('x', orphan, 42, 7)), 'INTERNAL');
+  const dropped = table.dropSession(orphan);
+  assert.equal(dropped.released, ['x']);
+  assert.equal(sessionsOf(dropped.changes), ['b']);
+  assert.is(dropped.changes.granted[0]!.token, 500);
+  assert.is(wb.waiting, false);
 });
 
 test.run();

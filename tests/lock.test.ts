@@ -3,7 +3,9 @@ import * as assert from 'uvu/assert';
 import { WebSocket } from 'ws';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import { DfsError } from '../shared/errors.js';
-import type { AcquireResult, HelloResult, LockStatusResult, QueuedEvent } from '../shared/protocol.js';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AcquireResult, HeldResult, HelloResult, LockStatusResult, QueuedEvent, ReclaimResult } from '../shared/protocol.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 import { waitFor, within } from './helpers/wait.js';
 
@@ -18,17 +20,28 @@ let url: string;
 const clients: RpcConnection[] = [];
 const sessionIds = new Map<RpcConnection, string>();
 
-async function startLockService(dir: string, leaseMs = LEASE_MS): Promise<{ proc: ServiceProcess; url: string }> {
+async function startLockService(dir: string, leaseMs = LEASE_MS, extra: string[] = []): Promise<{ proc: ServiceProcess; url: string }> {
   const port = await freePort();
-  const proc = startNode('lock', 'servers/lock/main.js', ['--host', '127.0.0.1', '--port', String(port), '--data', dir, '--lease-ms', String(leaseMs)]);
+  const proc = startNode('lock', 'servers/lock/main.js', ['--host', '127.0.0.1', '--port', String(port), '--data', dir, '--lease-ms', String(leaseMs), ...extra]);
   const match = await proc.waitForLine(LISTENING);
   return { proc, url: match[1]! };
 }
 
+const secrets = new Map<RpcConnection, string>();
+
 async function client(label: string, at = url): Promise<RpcConnection> {
   const conn = await connect(at);
   clients.push(conn);
-  sessionIds.set(conn, ((await conn.call('hello', { client: label })).result as HelloResult).session);
+  const hello = (await conn.call('hello', { client: label })).result as HelloResult;
+  sessionIds.set(conn, hello.session);
+  secrets.set(conn, hello.secret);
+  return conn;
+}
+
+/** A connection that has not said hello (a file server's, or one about to reclaim). */
+async function bare(at = url): Promise<RpcConnection> {
+  const conn = await connect(at);
+  clients.push(conn);
   return conn;
 }
 
@@ -78,6 +91,7 @@ test.before(async () => {
 test.after.each(() => {
   for (const conn of clients.splice(0)) conn.close();
   sessionIds.clear();
+  secrets.clear();
 });
 
 test.after(async () => {
@@ -336,6 +350,148 @@ test('bad input gets clear errors while another client keeps being served', asyn
   assert.equal((await steady.call('validate', { name: 'steady.txt', token })).result, { valid: true });
   await steady.call('release', { name: 'steady.txt', token });
   assert.ok((await acquire(other, 'steady.txt', 0)) > token);
+});
+
+
+for (const stop of ['SIGKILL', 'SIGTERM'] as const) {
+  test(`after a restart (${stop}) holders keep their locks until they reclaim them; nobody else gets them, no one can claim them by id`, async () => {
+    const dir = await tempDir('dfs-lock-grace-');
+    try {
+      let running = await startLockService(dir, LEASE_MS, ['--grace-ms', '60000']);
+      const alice = await client('alice', running.url);
+      const aliceSession = sessionId(alice);
+      const aliceSecret = secrets.get(alice)!;
+      assert.match(aliceSession, /^[0-9a-f]{12}$/);
+      const token = await acquire(alice, 'kept.txt');
+      const other = await acquire(alice, 'kept-too.txt');
+      if (stop === 'SIGKILL') await running.proc.kill9();
+      else await running.proc.stop();
+      running = await startLockService(dir, LEASE_MS, ['--grace-ms', '60000']);
+      await running.proc.waitForLine(/listening .*locksRestored=2 graceMs=60000/);
+
+      // The restored holder's tokens validate; its names go to nobody else; free names as usual.
+      const fileServer = await bare(running.url);
+      assert.equal((await fileServer.call('validate', { name: 'kept.txt', token })).result, { valid: true });
+      const bob = await client('bob', running.url);
+      const locked = await failure(bob.call('acquire', { name: 'kept.txt', timeoutMs: 0 }));
+      assert.is(locked.code, 'LOCKED');
+      assert.match(locked.message, `client alice (${aliceSession}), kept for it after a lock-service restart`);
+      const fresh = await acquire(bob, 'free.txt');
+      assert.ok(fresh > other, `tokens keep growing: ${fresh} after ${other}`);
+
+      // Knowing the id (status shows it) is not enough.
+      const mallory = await bare(running.url);
+      const forged = await failure(mallory.call('reclaim', { session: aliceSession, secret: 'x'.repeat(32), client: 'mallory' }));
+      assert.is(forged.code, 'LOCK_LOST');
+      assert.is(await codeOf(bob.call('reclaim', { session: aliceSession, secret: aliceSecret, client: 'bob' })), 'BAD_REQUEST', 'not on a connection that has a session');
+      const bobWait = waitForLock(bob, 'kept.txt');
+      await waitFor(() => bobWait.events.length > 0, { what: 'bob to be queued behind the restored holder' });
+
+      const back = await bare(running.url);
+      const reclaimed = (await back.call('reclaim', { session: aliceSession, secret: aliceSecret, client: 'alice' })).result as ReclaimResult;
+      assert.equal(reclaimed, { session: aliceSession, held: 2 });
+      assert.equal(((await back.call('held', {})).result as HeldResult).locks, [
+        { name: 'kept-too.txt', token: other },
+        { name: 'kept.txt', token },
+      ]);
+      await running.proc.waitForLine(/grace period over: every restored session was reclaimed/);
+      assert.is(await codeOf(mallory.call('reclaim', { session: aliceSession, secret: aliceSecret, client: 'mallory' })), 'LOCK_LOST', 'reclaimed once, attached');
+
+      await back.call('release', { name: 'kept.txt', token });
+      assert.ok((await bobWait.granted) > fresh);
+      await running.proc.stop();
+    } finally {
+      await removeDir(dir);
+    }
+  });
+}
+
+test('a holder that does not come back within the grace period loses its locks to the next waiter', async () => {
+  const dir = await tempDir('dfs-lock-grace-');
+  try {
+    let running = await startLockService(dir, LEASE_MS, ['--grace-ms', '300']);
+    const alice = await client('alice', running.url);
+    const [aliceSession, aliceSecret] = [sessionId(alice), secrets.get(alice)!];
+    const token = await acquire(alice, 'gone.txt');
+    await running.proc.kill9();
+    running = await startLockService(dir, LEASE_MS, ['--grace-ms', '300']);
+    const bob = await client('bob', running.url);
+    const bobWait = waitForLock(bob, 'gone.txt');
+    const bobToken = await bobWait.granted;
+    assert.ok(bobToken > token);
+    await running.proc.waitForLine(/grace period over sessionsDropped=1 locksFreed=1/);
+    const late = await bare(running.url);
+    assert.is(await codeOf(late.call('reclaim', { session: aliceSession, secret: aliceSecret, client: 'alice' })), 'LOCK_LOST');
+    await running.proc.stop();
+  } finally {
+    await removeDir(dir);
+  }
+});
+
+test('a data folder holding only fencing.json (the previous version) starts, tokens above its ceiling', async () => {
+  const dir = await tempDir('dfs-lock-old-');
+  try {
+    await writeFile(join(dir, 'fencing.json'), '{"ceiling":5000}\n');
+    const running = await startLockService(dir);
+    const conn = await client('upgrader', running.url);
+    assert.ok((await acquire(conn, 'x.txt')) > 5000);
+    await running.proc.stop();
+  } finally {
+    await removeDir(dir);
+  }
+});
+
+test('per-session caps on locks held and waits: LIMIT, and nothing changes', async () => {
+  const dir = await tempDir('dfs-lock-caps-');
+  try {
+    const running = await startLockService(dir, LEASE_MS, ['--max-locks-per-session', '3', '--max-waits-per-session', '1']);
+    const greedy = await client('greedy', running.url);
+    const other = await client('other', running.url);
+    await acquire(other, 'busy.txt');
+    for (const name of ['a.txt', 'b.txt']) await acquire(greedy, name);
+    const wait = waitForLock(greedy, 'busy.txt');
+    await waitFor(() => wait.events.length > 0, { what: 'greedy to be queued' });
+    const tooManyWaits = await failure(greedy.call('acquire', { name: 'c.txt', timeoutMs: 1000 }));
+    assert.is(tooManyWaits.code, 'LIMIT');
+    assert.match(tooManyWaits.message, 'at most 3');
+    assert.equal((await status(greedy, 'c.txt')).locks, [], 'nothing queued or granted');
+    await other.call('release', { name: 'busy.txt' });
+    await wait.granted;
+    const err = await failure(greedy.call('acquire', { name: 'd.txt', timeoutMs: 0 }));
+    assert.is(err.code, 'LIMIT');
+    assert.equal(err.details, { limit: 3, held: 3, waiting: 0 });
+    await running.proc.stop();
+  } finally {
+    await removeDir(dir);
+  }
+});
+
+test('status with 10,000 locks held comes in pages, each well under the 64 KiB frame header limit', async () => {
+  const holder = await client('many');
+  const names = Array.from({ length: 10_000 }, (_, i) => `status-scale/${'n'.repeat(100)}/${'m'.repeat(100)}-${String(i).padStart(5, '0')}.txt`);
+  for (let i = 0; i < names.length; i += 1000) await Promise.all(names.slice(i, i + 1000).map((name) => acquire(holder, name)));
+  const viewer = await client('viewer');
+  const seen: string[] = [];
+  let after: string | undefined;
+  let pages = 0;
+  for (;;) {
+    const page = (await viewer.call('status', after === undefined ? {} : { after })).result as LockStatusResult;
+    pages++;
+    assert.ok(Buffer.byteLength(JSON.stringify(page)) < 48 * 1024);
+    seen.push(...page.locks.map((l) => l.name).filter((n) => n.startsWith('status-scale/')));
+    if (!page.more) break;
+    after = page.locks.at(-1)!.name;
+  }
+  assert.equal(seen, names);
+  assert.ok(pages >= 30, `${pages} pages`);
+  holder.close();
+  await waitFor(async () => (await status(viewer, names[0]!)).locks.length === 0, { what: 'the 10,000 locks to be freed' });
+});
+
+test('a label with control characters is refused: it would be printed in other people\'s terminals', async () => {
+  const conn = await bare();
+  assert.is(await codeOf(conn.call('hello', { client: 'evil\u001b[2J' })), 'BAD_REQUEST');
+  assert.is(await codeOf(conn.call('hello', { client: 'ok' })), 'ok');
 });
 
 test.run();

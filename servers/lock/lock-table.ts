@@ -10,18 +10,37 @@
  *   one grant; `validate` accepts only the token of the grant currently in force.
  * - A release or cancel that does not apply throws or reports nothing, and changes nothing.
  *
+ * - A session holds at most `maxHeldPerSession` locks and waits for at most
+ *   `maxWaitsPerSession`; past either cap `acquire` is LIMIT and changes nothing. A wait counts
+ *   against the held cap too, since it may become a hold at any moment.
+ *
  * Names are taken as already validated (the service checks them against the protocol schema).
  * Each operation is O(1) except for the waiters it has to report as moved, which have to be
- * told anyway.
+ * told anyway. Listings (`statusPage`, `heldPage`) are paged by bytes of JSON, so that no page
+ * can outgrow a frame header.
  */
 import { DfsError } from '../../shared/errors.js';
 import { ordinal } from '../../shared/text.js';
 
-/** One client connection. `label` is the name the client gave itself, shown to other clients. */
+/** One client session. `label` is the name the client gave itself, shown to other clients. */
 export interface LockSession {
   readonly id: string;
   label: string;
+  /** Restored from disk after a restart and not yet reclaimed by its client. */
+  awaitingReclaim?: boolean;
 }
+
+export interface TableLimits {
+  maxHeldPerSession: number;
+  maxWaitsPerSession: number;
+}
+
+export const DEFAULT_LIMITS: TableLimits = { maxHeldPerSession: 10_000, maxWaitsPerSession: 1000 };
+
+/** A status or held page stays under this many bytes of JSON (frame headers are at most 64 KiB). */
+export const PAGE_BYTES = 48 * 1024;
+/** Each lock's waiter list in `status` is cut to this many bytes; `waiting` still counts them all. */
+export const WAITER_LIST_BYTES = 4 * 1024;
 
 export interface Holder {
   readonly session: LockSession;
@@ -38,7 +57,8 @@ export interface Holder {
 export type TokenSource = () => number | null;
 
 export function describeSession(session: LockSession): string {
-  return session.label ? `client ${session.label} (${session.id})` : `client ${session.id}`;
+  const who = session.label ? `client ${session.label} (${session.id})` : `client ${session.id}`;
+  return session.awaitingReclaim ? `${who}, kept for it after a lock-service restart until it reclaims or the grace period ends` : who;
 }
 
 export { ordinal };
@@ -105,6 +125,12 @@ export interface LockStatusEntry {
   token: number;
   since: number;
   waiters: string[];
+  waiting: number;
+}
+
+export interface Page<T> {
+  items: T[];
+  more: boolean;
 }
 
 /** What one session holds and waits for, so that dropping it is proportional to that. */
@@ -129,10 +155,13 @@ export class LockTable<T = unknown> {
   private readonly sessions = new Map<string, SessionLocks<T>>();
   /** Locks whose first waiter could not be granted for want of a token. */
   private readonly stalled = new Set<LockState<T>>();
+  /** Names in code-unit order, rebuilt when a name is added or dropped and a listing needs it. */
+  private sortedNames: string[] | null = null;
 
   constructor(
     private readonly issueToken: TokenSource,
     private readonly now: () => number = Date.now,
+    private readonly limits: TableLimits = DEFAULT_LIMITS,
   ) {}
 
   /**
@@ -149,11 +178,9 @@ export class LockTable<T = unknown> {
         position: already.position,
       });
     }
-    if (lock === undefined) {
-      lock = new LockState<T>(name);
-      this.locks.set(name, lock);
-    }
-    const free = lock.holder === null && lock.length === 0;
+    const free = lock === undefined || (lock.holder === null && lock.length === 0);
+    this.checkLimits(mine, wait && !free);
+    if (lock === undefined) lock = this.newLock(name);
     if (free) {
       const token = this.issueToken();
       if (token !== null) {
@@ -173,6 +200,17 @@ export class LockTable<T = unknown> {
     if (free) this.stalled.add(lock);
     this.sessionLocks(session).waiting.set(name, waiter);
     return { kind: 'queued', waiter };
+  }
+
+  /**
+   * Makes `session` the holder of `name` under `token`, as it was before a restart (the journal
+   * says so). The name must not be held or waited for yet.
+   */
+  adopt(name: string, session: LockSession, token: number, since: number): void {
+    if (this.locks.has(name)) throw new DfsError('INTERNAL', `${name} is already in the lock table; cannot restore its holder`);
+    const lock = this.newLock(name);
+    lock.holder = { session, token, since };
+    this.sessionLocks(session).held.add(name);
   }
 
   /**
@@ -286,28 +324,70 @@ export class LockTable<T = unknown> {
     return lock ? this.describeHolder(lock) : 'nobody';
   }
 
-  /** Locks currently held or waited for, by name; or just `name`'s (empty when it is free). */
-  status(name?: string): LockStatusEntry[] {
-    const locks = name === undefined ? [...this.locks.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) : [this.locks.get(name)];
-    const out: LockStatusEntry[] = [];
-    for (const lock of locks) {
-      if (!lock) continue;
-      const waiters: string[] = [];
-      for (let w = lock.head; w !== null; w = w.next) waiters.push(describeSession(w.session));
-      out.push({
-        name: lock.name,
-        holder: this.describeHolder(lock),
-        token: lock.holder?.token ?? 0,
-        since: lock.holder?.since ?? 0,
-        waiters,
-      });
+  /**
+   * Locks held or waited for, in name order after `after`, as many as fit `pageBytes` of JSON
+   * (always at least one); or just `name`'s (none when it is free).
+   */
+  statusPage(options: { name?: string; after?: string; pageBytes?: number; waiterBytes?: number } = {}): Page<LockStatusEntry> {
+    const waiterBytes = options.waiterBytes ?? WAITER_LIST_BYTES;
+    if (options.name !== undefined) {
+      const lock = this.locks.get(options.name);
+      return { items: lock ? [this.statusEntry(lock, waiterBytes)] : [], more: false };
     }
-    return out;
+    const names = (this.sortedNames ??= [...this.locks.keys()].sort());
+    return fillPage(names, firstAfter(names, options.after), options.pageBytes ?? PAGE_BYTES, (name) => this.statusEntry(this.locks.get(name)!, waiterBytes));
+  }
+
+  /** The locks `session` holds, with their tokens, in name order after `after`, paged by bytes. */
+  heldPage(session: LockSession, after?: string, pageBytes = PAGE_BYTES): Page<{ name: string; token: number }> {
+    const held = [...(this.sessions.get(session.id)?.held ?? [])].sort();
+    return fillPage(held, firstAfter(held, after), pageBytes, (name) => ({ name, token: this.locks.get(name)!.holder!.token }));
+  }
+
+  /** How many locks the session holds. */
+  heldCount(session: LockSession): number {
+    return this.sessions.get(session.id)?.held.size ?? 0;
   }
 
   /** How many names are held or waited for. */
   get size(): number {
     return this.locks.size;
+  }
+
+  private statusEntry(lock: LockState<T>, waiterBytes: number): LockStatusEntry {
+    const waiters: string[] = [];
+    let bytes = 0;
+    for (let w = lock.head; w !== null; w = w.next) {
+      const description = describeSession(w.session);
+      bytes += jsonBytes(description) + 1;
+      if (bytes > waiterBytes) break;
+      waiters.push(description);
+    }
+    return { name: lock.name, holder: this.describeHolder(lock), token: lock.holder?.token ?? 0, since: lock.holder?.since ?? 0, waiters, waiting: lock.length };
+  }
+
+  /** LIMIT when one more lock (and, if `joinsLine`, one more wait) would pass a session cap. */
+  private checkLimits(mine: SessionLocks<T> | undefined, joinsLine: boolean): void {
+    const held = mine?.held.size ?? 0;
+    const waits = mine?.waiting.size ?? 0;
+    const { maxHeldPerSession, maxWaitsPerSession } = this.limits;
+    if (held + waits >= maxHeldPerSession) {
+      throw new DfsError('LIMIT', `this session holds ${held} locks and waits for ${waits}; a session may hold at most ${maxHeldPerSession}. Release some first; nothing changed`, {
+        limit: maxHeldPerSession,
+        held,
+        waiting: waits,
+      });
+    }
+    if (joinsLine && waits >= maxWaitsPerSession) {
+      throw new DfsError('LIMIT', `this session already waits for ${waits} locks, the most one session may wait for; nothing changed`, { limit: maxWaitsPerSession, waiting: waits });
+    }
+  }
+
+  private newLock(name: string): LockState<T> {
+    const lock = new LockState<T>(name);
+    this.locks.set(name, lock);
+    this.sortedNames = null;
+    return lock;
   }
 
   private describeHolder(lock: LockState<T>): string {
@@ -374,6 +454,7 @@ export class LockTable<T = unknown> {
   private forget(lock: LockState<T>): void {
     this.locks.delete(lock.name);
     this.stalled.delete(lock);
+    this.sortedNames = null;
   }
 
   private sessionLocks(session: LockSession): SessionLocks<T> {
@@ -384,4 +465,37 @@ export class LockTable<T = unknown> {
     }
     return mine;
   }
+}
+
+function jsonBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value));
+}
+
+/** Index of the first name after `after` in sorted `names` (0 without `after`). */
+function firstAfter(names: readonly string[], after: string | undefined): number {
+  if (after === undefined) return 0;
+  let lo = 0;
+  let hi = names.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (names[mid]! <= after) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Items made from names[from...] while their JSON fits `pageBytes` (at least one item). */
+function fillPage<T>(names: readonly string[], from: number, pageBytes: number, make: (name: string) => T): Page<T> {
+  const items: T[] = [];
+  // `{"locks":[...],"more":false}` and the frame around it.
+  let bytes = 64;
+  let i = from;
+  for (; i < names.length; i++) {
+    const item = make(names[i]!);
+    const size = jsonBytes(item) + 1;
+    if (items.length > 0 && bytes + size > pageBytes) break;
+    bytes += size;
+    items.push(item);
+  }
+  return { items, more: i < names.length };
 }

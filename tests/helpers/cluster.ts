@@ -74,10 +74,11 @@ export class Cluster {
     return cluster;
   }
 
-  async startLock(port?: number): Promise<void> {
+  /** Starts the lock service (again: on the same port and data); `extra` are more flags for it. */
+  async startLock(port?: number, extra: string[] = []): Promise<void> {
     const p = port ?? (this.lockUrl ? Number(new URL(this.lockUrl).port) : await freePort());
     this.lockUrl = `ws://127.0.0.1:${p}`;
-    this.lock = startNode('lock', 'servers/lock/main.js', ['--port', String(p), '--data', join(this.dir, 'lock'), '--lease-ms', String(this.options.leaseMs), '--log-level', this.options.logLevel]);
+    this.lock = startNode('lock', 'servers/lock/main.js', ['--port', String(p), '--data', join(this.dir, 'lock'), '--lease-ms', String(this.options.leaseMs), '--log-level', this.options.logLevel, ...extra]);
     await this.lock.waitForLine(/listening/);
   }
 

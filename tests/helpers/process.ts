@@ -79,11 +79,12 @@ export class ServiceProcess {
   async waitForLine(pattern: RegExp, timeoutMs = 15_000, from = 0): Promise<RegExpMatchArray> {
     return waitFor(
       () => {
-        if (this.exitInfo) throw new Error(`${this.name} exited (${JSON.stringify(this.exitInfo)}) before printing ${pattern}:\n${this.output()}`);
         for (let i = from; i < this.lines.length; i++) {
           const match = this.lines[i]!.match(pattern);
           if (match) return match;
         }
+        // Only after the lines: a process may print what is awaited and exit at once.
+        if (this.exitInfo) throw new Error(`${this.name} exited (${JSON.stringify(this.exitInfo)}) before printing ${pattern}:\n${this.output()}`);
         return null;
       },
       { timeoutMs, what: `${this.name} to print ${pattern}` },
