@@ -48,6 +48,9 @@ export function renderStatus(status: ClusterStatus, now = Date.now()): string {
   const lines: string[] = [];
   const up = status.servers.filter((s) => s.state === 'up').length;
   lines.push(`${status.files} file${status.files === 1 ? '' : 's'}, ${status.replication} copies each; file servers: ${up} of ${status.servers.length} up`);
+  if (status.rejectedRows) {
+    lines.push(`the directory set aside ${status.rejectedRows} row${status.rejectedRows === 1 ? '' : 's'} of its file table at start (see file_table.rejected.csv in its data folder)`);
+  }
   if (status.servers.length > 0) {
     lines.push('');
     lines.push(
