@@ -10,6 +10,7 @@ import { DfsError } from '../shared/errors.js';
 import { Cluster } from './helpers/cluster.js';
 import { startNode, type ServiceProcess } from './helpers/process.js';
 import { waitFor } from './helpers/wait.js';
+import { failure } from './helpers/raw.js';
 
 const test = suite('lock-loss');
 
@@ -22,14 +23,6 @@ async function client(name: string, options: Parameters<typeof DfsClient.connect
   return c;
 }
 
-async function failure(promise: Promise<unknown>): Promise<DfsError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof DfsError)) throw new Error(`expected a DfsError, got ${String(err)}`);
-  return err;
-}
 
 /** kill -9 the lock service and start it again on the same port and data. */
 async function crashLockService(extra: string[] = []): Promise<void> {

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import type { AcquireResult, HeldResult, HelloResult, LockStatusResult, QueuedEvent, ReclaimResult } from '../shared/protocol.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 import { waitFor, within } from './helpers/wait.js';
+import { failure } from './helpers/raw.js';
 
 const test = suite('lock');
 
@@ -70,14 +71,6 @@ async function codeOf(promise: Promise<unknown>): Promise<string> {
   );
 }
 
-async function failure(promise: Promise<unknown>): Promise<DfsError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof DfsError)) throw new Error(`expected a DfsError, got ${String(err)}`);
-  return err;
-}
 
 async function status(conn: RpcConnection, name: string): Promise<LockStatusResult> {
   return (await conn.call('status', { name })).result as LockStatusResult;

@@ -33,7 +33,7 @@ import { BatchedDelivery } from './delivery.js';
 import { FencingCounter } from './fencing.js';
 import type { SessionEntry } from './holder-state.js';
 import { HolderStore, type Restored } from './holder-store.js';
-import { DEFAULT_LIMITS, LockTable, describeSession, ordinal, type Changes, type Waiter } from './lock-table.js';
+import { DEFAULT_LIMITS, LockTable, NO_HOLDER, describeSession, ordinal, type Changes, type Waiter } from './lock-table.js';
 import { SessionRegistry, hashSecret, type Session } from './sessions.js';
 
 export const DEFAULT_LEASE_MS = 3000;
@@ -331,6 +331,8 @@ export class LockService implements RunningService {
         return this.store.grant([{ name, session: session.id, token, since: this.table.holder(name)?.since ?? Date.now() }]).then(() => ({ name, token }));
       }
       case 'busy': {
+        // Free, but no fencing token can be issued until the next block is on disk: not LOCKED.
+        if (outcome.holder === NO_HOLDER && outcome.waiting === 0) throw new DfsError('UNAVAILABLE', `${name} is free, but no fencing token can be issued this instant (the disk is slow to reserve more); try again`);
         const waiting = outcome.waiting > 0 ? `, ${outcome.waiting} waiting` : '';
         throw new DfsError('LOCKED', `${name} is locked by ${outcome.holder}${waiting}`, { holder: outcome.holder, waiting: outcome.waiting });
       }
