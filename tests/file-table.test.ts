@@ -46,7 +46,7 @@ function contents(table: FileTable): Record<string, FileEntry> {
   const out: Record<string, FileEntry> = {};
   for (const name of table.list({ limit: 10_000 }).names) {
     const entry = table.get(name)!;
-    out[name] = { epoch: entry.epoch, primary: entry.primary, replicas: [...entry.replicas] };
+    out[name] = { epoch: entry.epoch, placementEpoch: entry.placementEpoch, primary: entry.primary, replicas: [...entry.replicas] };
   }
   return out;
 }
@@ -66,7 +66,7 @@ test.after(async () => {
 test('add, look up, remove; EXISTS and NOT_FOUND; per-server counts', async () => {
   const table = await openTable(await freshDir());
   const entry = await table.create('notes/a.txt', fs1, [fs2, fs3]);
-  assert.equal({ ...entry, replicas: [...entry.replicas] }, { epoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] });
+  assert.equal({ ...entry, replicas: [...entry.replicas] }, { epoch: 1, placementEpoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] });
   await table.create('notes/b.txt', fs2, [fs1]);
   assert.is(table.size, 2);
   assert.is(table.rows, 5);
@@ -199,7 +199,7 @@ test('compaction keeps the journal short, the snapshot whole, and changes made m
   const expected = contents(table);
   assert.is(Object.keys(expected).length, 10);
   const snapshot = parse(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), { columns: true }) as Array<Record<string, string>>;
-  assert.ok(snapshot.length > 0 && snapshot.every((row) => Object.keys(row).join(',') === 'name,server_id,server_url,role,epoch'));
+  assert.ok(snapshot.length > 0 && snapshot.every((row) => Object.keys(row).join(',') === 'name,server_id,server_url,role,epoch,placement_epoch'));
   // Creates racing an explicit compaction are durable once acknowledged.
   const racing = Promise.all(Array.from({ length: 20 }, (_, i) => table.create(`race/${i}`, fs2, [fs1])));
   await Promise.all([table.compact(), racing]);
@@ -244,7 +244,7 @@ test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank 
   const log = recordingLog();
   const table = await openTable(dir, { log });
   assert.equal(table.list({ limit: 10 }).names, ['notes/today.txt', 'report, final.txt']);
-  assert.equal(table.get('notes/today.txt'), { epoch: 7, primary: 'fs2', replicas: ['fs1'] });
+  assert.equal(table.get('notes/today.txt'), { epoch: 7, placementEpoch: 1, primary: 'fs2', replicas: ['fs1'] });
   assert.is(table.get('report, final.txt')?.epoch, 8);
   assert.ok(log.lines.some((l) => l.includes('gave a hand-added file a fresh epoch')));
   const created = await table.create('next.txt', fs1, []);
@@ -255,12 +255,12 @@ test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank 
   assert.is(
     text,
     [
-      'name,server_id,server_url,role,epoch',
-      'next.txt,fs1,ws://127.0.0.1:12001,primary,9',
-      'notes/today.txt,fs2,ws://127.0.0.1:12002,primary,7',
-      'notes/today.txt,fs1,ws://127.0.0.1:12001,replica,7',
-      '"report, final.txt",fs3,ws://127.0.0.1:12003,primary,8',
-      '"report, final.txt",fs1,ws://127.0.0.1:12001,replica,8',
+      'name,server_id,server_url,role,epoch,placement_epoch',
+      'next.txt,fs1,ws://127.0.0.1:12001,primary,9,1',
+      'notes/today.txt,fs2,ws://127.0.0.1:12002,primary,7,1',
+      'notes/today.txt,fs1,ws://127.0.0.1:12001,replica,7,1',
+      '"report, final.txt",fs3,ws://127.0.0.1:12003,primary,8,1',
+      '"report, final.txt",fs1,ws://127.0.0.1:12001,replica,8,1',
       '',
     ].join('\n'),
   );
