@@ -20,9 +20,10 @@
  *   compacts too, so a person can edit file_table.csv while the directory is stopped.
  *
  * Placement epochs: a file's is 1 at its create and one more at each change of its placement
- * (for failover and re-replication); on disk the number lets replay tell a file's current rows
- * from rows it has left (table-load.ts). It is per file and per incarnation, so unlike epochs it
- * needs no mark file.
+ * (`replace`, for failover and re-replication). A change names the placement epoch it was
+ * decided on and is skipped if the file has moved on since, so two racing decisions cannot both
+ * apply; on disk the number lets replay tell a file's current rows from rows it has left
+ * (table-load.ts). It is per file and per incarnation, so unlike epochs it needs no mark file.
  *
  * Epochs: every create gets `++lastEpoch`. On load, lastEpoch is the highest epoch in the
  * snapshot, the journal (removals included, rows set aside included) and file_table.epoch, which
@@ -76,6 +77,15 @@ interface Entry {
   placementEpoch: number;
   primary: string;
   replicas: string[];
+}
+
+/** A new placement for a file, decided on the file as it was at `epoch` and `placementEpoch`. */
+export interface PlacementChange {
+  name: string;
+  epoch: number;
+  placementEpoch: number;
+  primary: ServerRef;
+  replicas: readonly ServerRef[];
 }
 
 export interface Holding {
@@ -229,6 +239,34 @@ export class FileTable {
     for (const ref of [primary, ...replicas]) this.urls.set(ref.id, ref.url);
     await this.persist(placementRecords(name, entry, primary, replicas));
     return entry;
+  }
+
+  /**
+   * Gives files new primaries and replicas, each at the next placement epoch, in memory at once
+   * and in one journal append (one fsync) for the whole call. A change applies only if its file
+   * still exists at that `epoch` and `placementEpoch` (changes are applied in order, so a second
+   * change of one file in a call must name the placement epoch the first gives); the others get
+   * null and write nothing. Resolves, in the order given, once the changes are durable. Throws
+   * (before changing anything) if a change names a server twice.
+   */
+  async replace(changes: ReadonlyArray<PlacementChange>): Promise<Array<FileEntry | null>> {
+    this.assertWritable();
+    for (const change of changes) assertDistinctServers(change.name, change.primary, change.replicas);
+    const records: JournalRecord[] = [];
+    const results = changes.map(({ name, epoch, placementEpoch, primary, replicas }): FileEntry | null => {
+      const old = this.entries.get(name);
+      if (!old || old.epoch !== epoch || old.placementEpoch !== placementEpoch) return null;
+      // A new object: entries handed out before keep describing the placement they were given with.
+      const entry: Entry = { epoch, placementEpoch: placementEpoch + 1, primary: primary.id, replicas: replicas.map((r) => r.id) };
+      this.countCopies(old, -1);
+      this.entries.set(name, entry);
+      this.countCopies(entry, 1);
+      for (const ref of [primary, ...replicas]) this.urls.set(ref.id, ref.url);
+      records.push(...placementRecords(name, entry, primary, replicas));
+      return entry;
+    });
+    if (records.length > 0) await this.persist(records);
+    return results;
   }
 
   /** Removes a file; resolves with what it was once the change is durable. NOT_FOUND if unknown. */
