@@ -3,8 +3,9 @@ import * as assert from 'uvu/assert';
 import { copyFile, mkdir, readFile, readdir, writeFile, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
-import { FileTable, type FileEntry } from '../servers/directory/file-table.js';
-import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, REJECTED_FILE, SNAPSHOT_FILE } from '../servers/directory/table-format.js';
+import { AppendLog } from '../servers/directory/append-log.js';
+import { FileTable, type FileEntry, type PlacementChange } from '../servers/directory/file-table.js';
+import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, REJECTED_FILE, SNAPSHOT_FILE, SNAPSHOT_HEADER } from '../servers/directory/table-format.js';
 import { DfsError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/log.js';
 import { removeDir, tempDir } from './helpers/process.js';
@@ -14,6 +15,7 @@ const test = suite('file-table');
 const fs1 = { id: 'fs1', url: 'ws://127.0.0.1:12001' };
 const fs2 = { id: 'fs2', url: 'ws://127.0.0.1:12002' };
 const fs3 = { id: 'fs3', url: 'ws://127.0.0.1:12003' };
+const fs4 = { id: 'fs4', url: 'ws://127.0.0.1:12004' };
 
 const dirs: string[] = [];
 const open: FileTable[] = [];
@@ -46,7 +48,7 @@ function contents(table: FileTable): Record<string, FileEntry> {
   const out: Record<string, FileEntry> = {};
   for (const name of table.list({ limit: 10_000 }).names) {
     const entry = table.get(name)!;
-    out[name] = { epoch: entry.epoch, primary: entry.primary, replicas: [...entry.replicas] };
+    out[name] = { epoch: entry.epoch, placementEpoch: entry.placementEpoch, primary: entry.primary, replicas: [...entry.replicas] };
   }
   return out;
 }
@@ -58,6 +60,36 @@ async function rejectedFile(dir: string): Promise<Array<Record<string, string>>>
 
 const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.code);
 
+/** A change of the file's placement as it is now. */
+function change(table: FileTable, name: string, primary: typeof fs1, replicas: Array<typeof fs1>): PlacementChange {
+  const entry = table.get(name)!;
+  return { name, epoch: entry.epoch, placementEpoch: entry.placementEpoch, primary, replicas };
+}
+
+/** Counts the journal appends made while `fn` runs (each append is one write and fsync, shared by concurrent ones). */
+async function countingAppends<T>(fn: () => Promise<T>): Promise<{ result: T; appends: number }> {
+  const original = AppendLog.prototype.append;
+  let appends = 0;
+  AppendLog.prototype.append = function (this: AppendLog, text: string) {
+    if (this.path.endsWith(JOURNAL_FILE)) appends++;
+    return original.call(this, text);
+  };
+  try {
+    return { result: await fn(), appends };
+  } finally {
+    AppendLog.prototype.append = original;
+  }
+}
+
+function loads(table: FileTable): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const id of [...table.serverIds()].sort()) {
+    const { files, primaries } = table.loadOf(id);
+    out[id] = `${files} files, ${primaries} primaries`;
+  }
+  return out;
+}
+
 test.after(async () => {
   for (const table of open) await table.close().catch(() => {});
   for (const dir of dirs) await removeDir(dir);
@@ -66,7 +98,7 @@ test.after(async () => {
 test('add, look up, remove; EXISTS and NOT_FOUND; per-server counts', async () => {
   const table = await openTable(await freshDir());
   const entry = await table.create('notes/a.txt', fs1, [fs2, fs3]);
-  assert.equal({ ...entry, replicas: [...entry.replicas] }, { epoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] });
+  assert.equal({ ...entry, replicas: [...entry.replicas] }, { epoch: 1, placementEpoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] });
   await table.create('notes/b.txt', fs2, [fs1]);
   assert.is(table.size, 2);
   assert.is(table.rows, 5);
@@ -199,7 +231,7 @@ test('compaction keeps the journal short, the snapshot whole, and changes made m
   const expected = contents(table);
   assert.is(Object.keys(expected).length, 10);
   const snapshot = parse(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), { columns: true }) as Array<Record<string, string>>;
-  assert.ok(snapshot.length > 0 && snapshot.every((row) => Object.keys(row).join(',') === 'name,server_id,server_url,role,epoch'));
+  assert.ok(snapshot.length > 0 && snapshot.every((row) => Object.keys(row).join(',') === 'name,server_id,server_url,role,epoch,placement_epoch'));
   // Creates racing an explicit compaction are durable once acknowledged.
   const racing = Promise.all(Array.from({ length: 20 }, (_, i) => table.create(`race/${i}`, fs2, [fs1])));
   await Promise.all([table.compact(), racing]);
@@ -244,7 +276,7 @@ test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank 
   const log = recordingLog();
   const table = await openTable(dir, { log });
   assert.equal(table.list({ limit: 10 }).names, ['notes/today.txt', 'report, final.txt']);
-  assert.equal(table.get('notes/today.txt'), { epoch: 7, primary: 'fs2', replicas: ['fs1'] });
+  assert.equal(table.get('notes/today.txt'), { epoch: 7, placementEpoch: 1, primary: 'fs2', replicas: ['fs1'] });
   assert.is(table.get('report, final.txt')?.epoch, 8);
   assert.ok(log.lines.some((l) => l.includes('gave a hand-added file a fresh epoch')));
   const created = await table.create('next.txt', fs1, []);
@@ -255,12 +287,12 @@ test('a snapshot edited by hand loads: reordered columns, spaces, quotes, blank 
   assert.is(
     text,
     [
-      'name,server_id,server_url,role,epoch',
-      'next.txt,fs1,ws://127.0.0.1:12001,primary,9',
-      'notes/today.txt,fs2,ws://127.0.0.1:12002,primary,7',
-      'notes/today.txt,fs1,ws://127.0.0.1:12001,replica,7',
-      '"report, final.txt",fs3,ws://127.0.0.1:12003,primary,8',
-      '"report, final.txt",fs1,ws://127.0.0.1:12001,replica,8',
+      'name,server_id,server_url,role,epoch,placement_epoch',
+      'next.txt,fs1,ws://127.0.0.1:12001,primary,9,1',
+      'notes/today.txt,fs2,ws://127.0.0.1:12002,primary,7,1',
+      'notes/today.txt,fs1,ws://127.0.0.1:12001,replica,7,1',
+      '"report, final.txt",fs3,ws://127.0.0.1:12003,primary,8,1',
+      '"report, final.txt",fs1,ws://127.0.0.1:12001,replica,8,1',
       '',
     ].join('\n'),
   );
@@ -340,6 +372,230 @@ test('a server URL change is written to its rows and survives a restart', async 
   const reopened = await openTable(await crashImage(dir));
   assert.is(reopened.urlOf('fs2'), 'ws://10.0.0.2:12002');
   assert.is(reopened.urlOf('fs1'), fs1.url);
+});
+
+test('replace: new primaries and replicas at the next placement epoch, in one journal append; loads, rows and URLs follow', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('a', fs1, [fs2, fs3]);
+  await table.create('b', fs2, [fs1]);
+  await table.create('c', fs1, []);
+  const before = table.get('a')!;
+  const moved = { ...fs4, url: 'ws://127.0.0.1:14004' };
+  const { result, appends } = await countingAppends(() => table.replace([change(table, 'a', fs2, [fs3, moved]), change(table, 'c', fs3, [fs1])]));
+  assert.is(appends, 1);
+  assert.equal(result, [
+    { epoch: 1, placementEpoch: 2, primary: 'fs2', replicas: ['fs3', 'fs4'] },
+    { epoch: 3, placementEpoch: 2, primary: 'fs3', replicas: ['fs1'] },
+  ]);
+  assert.equal(before, { epoch: 1, placementEpoch: 1, primary: 'fs1', replicas: ['fs2', 'fs3'] }, 'an entry handed out before keeps its placement');
+  assert.equal(table.get('a'), result[0]);
+  assert.is(table.rows, 7);
+  assert.equal(loads(table), { fs1: '2 files, 0 primaries', fs2: '2 files, 2 primaries', fs3: '2 files, 1 primaries', fs4: '1 files, 0 primaries' });
+  assert.is(table.urlOf('fs4'), moved.url);
+  assert.equal(table.holdings('fs1', { limit: 10 }).copies.map((c) => [c.name, c.role]), [['b', 'replica'], ['c', 'replica']]);
+  // A server left with no copies is no longer among the table's servers.
+  await table.replace([change(table, 'a', fs2, [fs3]), change(table, 'b', fs2, [fs3]), change(table, 'c', fs3, [])]);
+  assert.equal(loads(table), { fs2: '2 files, 2 primaries', fs3: '3 files, 1 primaries' });
+  assert.is(table.get('c')!.placementEpoch, 3);
+  // The rows: replicas first, the primary last, at the new placement epoch.
+  const journal = (await readFile(join(dir, JOURNAL_FILE), 'utf8')).split('\n');
+  assert.equal(journal.slice(-6), [
+    'add,a,fs3,ws://127.0.0.1:12003,replica,1,3',
+    'add,a,fs2,ws://127.0.0.1:12002,primary,1,3',
+    'add,b,fs3,ws://127.0.0.1:12003,replica,2,2',
+    'add,b,fs2,ws://127.0.0.1:12002,primary,2,2',
+    'add,c,fs3,ws://127.0.0.1:12003,primary,3,3',
+    '',
+  ]);
+  assert.equal(await table.replace([]), []);
+});
+
+test('replace survives a clean reopen and a crash image (no close), with its loads', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await Promise.all(Array.from({ length: 20 }, (_, i) => table.create(`f${i}`, [fs1, fs2][i % 2]!, [fs3])));
+  // Failover of every file fs1 is primary of, racing creates and a remove.
+  const failover = table.replace(table.holdings('fs1', { limit: 100 }).copies.filter((c) => c.role === 'primary').map((c) => change(table, c.name, fs3, [fs4])));
+  await Promise.all([failover, table.create('late', fs1, [fs2]), table.remove('f2')]);
+  assert.ok((await failover).every((entry) => entry?.placementEpoch === 2));
+  const expected = contents(table);
+  const expectedLoads = loads(table);
+  const crashed = await openTable(await crashImage(dir));
+  assert.equal(contents(crashed), expected);
+  assert.equal(loads(crashed), expectedLoads);
+  assert.is(crashed.rows, table.rows);
+  assert.is(crashed.rejectedAtLoad, 0);
+  await table.close();
+  const reopened = await openTable(dir);
+  assert.equal(contents(reopened), expected);
+  assert.equal(loads(reopened), expectedLoads);
+  assert.is(reopened.urlOf('fs4'), fs4.url);
+  // And the next change goes on from the placement epoch on disk.
+  const [next] = await reopened.replace([change(reopened, 'f0', fs1, [fs2])]);
+  assert.is(next?.placementEpoch, 3);
+});
+
+test('replace: a change whose file is gone, was created again or has moved on gets null and writes nothing', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('gone', fs1, [fs2]);
+  await table.create('again', fs1, [fs2]);
+  await table.create('moved', fs1, [fs2]);
+  const stale = ['gone', 'again', 'moved'].map((name) => change(table, name, fs3, [fs1]));
+  await table.remove('gone');
+  await table.remove('again');
+  await table.create('again', fs1, [fs2]); // same placement epoch, another epoch
+  const [first] = await table.replace([change(table, 'moved', fs2, [fs1])]);
+  assert.is(first?.placementEpoch, 2);
+  const expected = contents(table);
+  const expectedLoads = loads(table);
+  const journal = await readFile(join(dir, JOURNAL_FILE), 'utf8');
+  const { result, appends } = await countingAppends(() => table.replace([...stale, { ...change(table, 'moved', fs3, []), name: 'never' }]));
+  assert.equal(result, [null, null, null, null]);
+  assert.is(appends, 0);
+  assert.equal(contents(table), expected);
+  assert.equal(loads(table), expectedLoads);
+  assert.is(await readFile(join(dir, JOURNAL_FILE), 'utf8'), journal);
+  // Changes apply in order: the second of one file, decided on the same placement, loses.
+  const [won, lost] = await table.replace([change(table, 'again', fs3, [fs1]), change(table, 'again', fs2, [])]);
+  assert.is(won?.primary, 'fs3');
+  assert.is(lost, null);
+  const lines = (await readFile(join(dir, JOURNAL_FILE), 'utf8')).slice(journal.length);
+  assert.is(lines, 'add,again,fs1,ws://127.0.0.1:12001,replica,4,2\nadd,again,fs3,ws://127.0.0.1:12003,primary,4,2\n');
+});
+
+test('replace refuses a server named twice (changing nothing), and changes once the table is closed', async () => {
+  const table = await openTable(await freshDir());
+  await table.create('a', fs1, [fs2]);
+  await table.create('b', fs1, [fs2]);
+  const twice = await table.replace([change(table, 'a', fs3, []), change(table, 'b', fs2, [fs3, fs2])]).then(
+    () => null,
+    (e: Error) => e,
+  );
+  assert.ok(twice instanceof Error && !(twice instanceof DfsError));
+  assert.match(twice.message, /placement of b names a server twice/);
+  assert.is(table.get('a')!.placementEpoch, 1, 'the valid change of the call is not applied either');
+  await table.replace([change(table, 'a', fs1, [fs1])]).then(
+    () => assert.unreachable('the primary named as a replica too'),
+    (e: Error) => assert.match(e.message, /placement of a names a server twice/),
+  );
+  assert.is(table.rows, 4);
+  await table.close();
+  assert.is(await codeOf(table.replace([change(table, 'a', fs3, [])])), 'UNAVAILABLE');
+});
+
+test('a change of placement cut short by a crash loads the placement before it; its rows are set aside as unacknowledged', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('a', fs1, [fs2]);
+  await table.create('b', fs2, [fs1]);
+  const image = await crashImage(dir);
+  // The replica rows of a change to placement epoch 2 landed; its primary row did not.
+  const cut = ['add,a,fs2,ws://127.0.0.1:12002,replica,1,2', 'add,a,fs3,ws://127.0.0.1:12003,replica,1,2'];
+  await appendFile(join(image, JOURNAL_FILE), cut.map((row) => `${row}\n`).join(''));
+  const log = recordingLog();
+  const loaded = await openTable(image, { log });
+  assert.equal(contents(loaded), contents(table));
+  assert.equal(loads(loaded), { fs1: '2 files, 1 primaries', fs2: '2 files, 1 primaries' });
+  assert.is(loaded.rejectedAtLoad, 2);
+  const rejected = await rejectedFile(image);
+  assert.equal(rejected.map((r) => [r.file, r.row]), cut.map((row) => [JOURNAL_FILE, row]));
+  assert.ok(rejected.every((r) => /a change of placement \(to placement epoch 2\) without its primary row, cut short by a crash/.test(r.problem!)));
+  assert.is(log.lines.filter((l) => l.includes(' warn set aside a table row of a write cut short')).length, 2);
+  assert.not.ok(log.lines.some((l) => l.includes(' error ')), 'crash leftovers are warnings, not errors');
+  // The next change of the file is to placement epoch 2 again, and wins.
+  const [next] = await loaded.replace([change(loaded, 'a', fs3, [fs1])]);
+  assert.is(next?.placementEpoch, 2);
+});
+
+test('a change of placement whose primary row is the torn last journal line', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('a', fs1, [fs2]);
+  await table.replace([change(table, 'a', fs2, [fs1])]);
+  const image = await crashImage(dir);
+  const replicaRow = 'add,a,fs3,ws://127.0.0.1:12003,replica,1,3';
+  const tornRow = 'add,a,fs1,ws://127.0.0.1:12001,prim';
+  await appendFile(join(image, JOURNAL_FILE), `${replicaRow}\n${tornRow}`);
+  const loaded = await openTable(image, { log: recordingLog() });
+  assert.equal(contents(loaded), { a: { epoch: 1, placementEpoch: 2, primary: 'fs2', replicas: ['fs1'] } });
+  const rejected = await rejectedFile(image);
+  assert.equal(rejected.map((r) => r.row), [replicaRow, tornRow]);
+  assert.match(rejected[1]!.problem!, /incomplete last line/);
+});
+
+test('replaying journal rows of placement changes that the snapshot already holds changes nothing', async () => {
+  const dir = await freshDir();
+  const table = await openTable(dir);
+  await table.create('a', fs1, [fs2, fs3]);
+  await table.create('b', fs2, [fs1]);
+  await table.replace([change(table, 'a', fs2, [fs3, fs4])]);
+  await table.setServerUrl('fs3', 'ws://127.0.0.1:13003');
+  await table.replace([change(table, 'a', { ...fs3, url: 'ws://127.0.0.1:13003' }, [fs2]), change(table, 'b', fs1, [])]);
+  await table.remove('b');
+  await table.create('b', fs4, [fs1]);
+  const expected = contents(table);
+  const expectedLoads = loads(table);
+  const image = await crashImage(dir);
+  const oldJournal = await readFile(join(image, JOURNAL_FILE), 'utf8');
+  const first = await openTable(image);
+  assert.equal(contents(first), expected);
+  await first.close();
+  // As if the crash came between renaming the new snapshot and emptying the journal; then twice over.
+  for (const journal of [oldJournal, oldJournal + oldJournal.split('\n').slice(1).join('\n')]) {
+    await writeFile(join(image, JOURNAL_FILE), journal);
+    const again = await openTable(image);
+    assert.equal(contents(again), expected);
+    assert.equal(loads(again), expectedLoads);
+    assert.is(again.rejectedAtLoad, 0);
+    assert.is(again.urlOf('fs3'), 'ws://127.0.0.1:13003');
+    await again.close();
+  }
+});
+
+test('snapshot rows of one file with mixed placement epochs: the highest is kept, the others set aside', async () => {
+  const dir = await freshDir();
+  const lines = [
+    SNAPSHOT_HEADER.trimEnd(),
+    'a,fs1,ws://127.0.0.1:12001,primary,3,1',
+    'a,fs2,ws://127.0.0.1:12002,replica,3,1',
+    'a,fs2,ws://127.0.0.1:12002,primary,3,2',
+    'a,fs3,ws://127.0.0.1:12003,replica,3,2',
+  ];
+  await writeFile(join(dir, SNAPSHOT_FILE), lines.join('\n') + '\n');
+  const table = await openTable(dir, { log: recordingLog() });
+  assert.equal(contents(table), { a: { epoch: 3, placementEpoch: 2, primary: 'fs2', replicas: ['fs3'] } });
+  assert.equal(loads(table), { fs2: '1 files, 1 primaries', fs3: '1 files, 0 primaries' });
+  assert.equal((await rejectedFile(dir)).map((r) => [r.line, r.row]), [['2', lines[1]], ['3', lines[2]]]);
+});
+
+test('a data folder of the previous version (5-column snapshot, 6-column journal) loads at placement epoch 1 and is rewritten in the new format', async () => {
+  const dir = await freshDir();
+  await writeFile(join(dir, SNAPSHOT_FILE), ['name,server_id,server_url,role,epoch', 'a,fs1,ws://127.0.0.1:12001,primary,1', 'a,fs2,ws://127.0.0.1:12002,replica,1', ''].join('\n'));
+  await writeFile(
+    join(dir, JOURNAL_FILE),
+    ['op,name,server_id,server_url,role,epoch', 'add,b,fs1,ws://127.0.0.1:12001,replica,2', 'add,b,fs2,ws://127.0.0.1:12002,primary,2', 'add,c,fs1,ws://127.0.0.1:12001,primary,3', 'remove,c,,,,3', ''].join('\n'),
+  );
+  await writeFile(join(dir, EPOCH_FILE), '3\n');
+  const log = recordingLog();
+  const table = await openTable(dir, { log });
+  assert.equal(contents(table), {
+    a: { epoch: 1, placementEpoch: 1, primary: 'fs1', replicas: ['fs2'] },
+    b: { epoch: 2, placementEpoch: 1, primary: 'fs2', replicas: ['fs1'] },
+  });
+  assert.is(table.rejectedAtLoad, 0);
+  assert.not.ok(log.lines.some((l) => l.includes(' error ') || l.includes(' warn ')), log.lines.join('\n'));
+  // The load's compaction has rewritten it.
+  assert.is(
+    await readFile(join(dir, SNAPSHOT_FILE), 'utf8'),
+    [SNAPSHOT_HEADER.trimEnd(), 'a,fs1,ws://127.0.0.1:12001,primary,1,1', 'a,fs2,ws://127.0.0.1:12002,replica,1,1', 'b,fs2,ws://127.0.0.1:12002,primary,2,1', 'b,fs1,ws://127.0.0.1:12001,replica,2,1', ''].join('\n'),
+  );
+  assert.is(await readFile(join(dir, JOURNAL_FILE), 'utf8'), JOURNAL_HEADER);
+  assert.is((await readFile(join(dir, EPOCH_FILE), 'utf8')).trim(), '3');
+  assert.is((await table.create('d', fs1, [])).epoch, 4);
+  const [moved] = await table.replace([change(table, 'a', fs2, [])]);
+  assert.is(moved?.placementEpoch, 2);
 });
 
 test('prefill writes a big table quickly that loads and goes on issuing epochs', async () => {

@@ -1,17 +1,31 @@
 /**
  * The table loader's rules (table-load.ts, table-format.ts), as pure functions on lines: what
- * loads, what is set aside and why, and which epochs count.
+ * loads, what is set aside and why, which epochs count, and how placement epochs replay.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parse } from 'csv-parse/sync';
-import { JOURNAL_FILE, REJECTED_HEADER, SNAPSHOT_FILE, formatRejected, linesOf, tableLines, type RejectedRow } from '../servers/directory/table-format.js';
+import {
+  JOURNAL_FILE,
+  REJECTED_HEADER,
+  SNAPSHOT_FILE,
+  SNAPSHOT_HEADER as CURRENT_SNAPSHOT_HEADER,
+  formatCopyRows,
+  formatRejected,
+  linesOf,
+  tableLines,
+  type CopyRow,
+  type RejectedRow,
+} from '../servers/directory/table-format.js';
 import { loadTable, type LoadedTable } from '../servers/directory/table-load.js';
 
 const test = suite('table-load');
 
+// The previous version's headers, which most tests here use: they still load, at placement epoch 1.
 const SNAPSHOT_HEADER = 'name,server_id,server_url,role,epoch';
 const JOURNAL_HEADER = 'op,name,server_id,server_url,role,epoch';
+const SNAPSHOT_HEADER_PE = 'name,server_id,server_url,role,epoch,placement_epoch';
+const JOURNAL_HEADER_PE = 'op,name,server_id,server_url,role,epoch,placement_epoch';
 
 function load(snapshot: string[], journal: string[] = [], epochMark = 0): LoadedTable {
   const text = (lines: string[]) => (lines.length === 0 ? '' : lines.join('\n') + '\n');
@@ -20,8 +34,21 @@ function load(snapshot: string[], journal: string[] = [], epochMark = 0): Loaded
 
 function files(table: LoadedTable): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [name, e] of [...table.files].sort(([a], [b]) => (a < b ? -1 : 1))) out[name] = `${e.epoch}:${e.primary}>${e.replicas.join(',')}`;
+  for (const [name, e] of [...table.files].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    // `epoch:primary>replicas`, with `@placement epoch` after the epoch when it is not 1.
+    out[name] = `${e.epoch}${e.placementEpoch === 1 ? '' : `@${e.placementEpoch}`}:${e.primary}>${e.replicas.join(',')}`;
+  }
   return out;
+}
+
+/** The snapshot a compaction would write of a loaded table, as lines. */
+function snapshotOf(table: LoadedTable): string[] {
+  const rows: CopyRow[] = [];
+  for (const [name, e] of table.files) {
+    const row = (serverId: string, role: CopyRow['role']): CopyRow => ({ name, serverId, serverUrl: table.urls.get(serverId)!, role, epoch: e.epoch, placementEpoch: e.placementEpoch });
+    rows.push(row(e.primary, 'primary'), ...e.replicas.map((id) => row(id, 'replica')));
+  }
+  return linesOf(CURRENT_SNAPSHOT_HEADER + formatCopyRows(rows)).filter((line) => line !== '') as string[];
 }
 
 /** Where each row set aside was: `file:line`, and whether a crash explains it. */
@@ -163,6 +190,167 @@ test('blank epochs join the file, or get fresh epochs above every epoch seen, in
   assert.equal(files(table), { a: '13:fs1>', m: '3:fs1>fs2', z: '14:fs1>' });
   assert.is(table.lastEpoch, 14);
   assert.equal(table.notes.map((n) => n.fields.name), ['a', 'z']);
+});
+
+// ------------------------------------------------------------------ placement epochs
+
+/**
+ * Two files' history, one journal append (one change) a group: a created on fs1 (fs2, fs3), moved
+ * twice, a server's URL rewritten; b created, moved, removed and created again.
+ */
+const CHANGES = [
+  ['add,a,fs2,ws://h:2,replica,1,1', 'add,a,fs3,ws://h:3,replica,1,1', 'add,a,fs1,ws://h:1,primary,1,1'],
+  ['add,b,fs1,ws://h:1,primary,2,1'],
+  // Failover: fs2 takes over, fs4 replaces fs1.
+  ['add,a,fs3,ws://h:3,replica,1,2', 'add,a,fs4,ws://h:4,replica,1,2', 'add,a,fs2,ws://h:2,primary,1,2'],
+  ['add,a,fs4,ws://h:44,replica,1,2'],
+  // Back to fs3 as primary, down to one replica; and b moves within the same append.
+  ['add,a,fs2,ws://h:2,replica,1,3', 'add,a,fs3,ws://h:3,primary,1,3', 'add,b,fs3,ws://h:3,replica,2,2', 'add,b,fs1,ws://h:1,primary,2,2'],
+  ['remove,b,,,,2,'],
+  ['add,b,fs2,ws://h:2,primary,3,1'],
+];
+const HISTORY = [JOURNAL_HEADER_PE, ...CHANGES.flat()];
+const FINAL = { a: '1@3:fs3>fs2', b: '3:fs2>' };
+
+test('a change of placement replaces the file’s copies whole: those left out are no longer its, and nothing is set aside', () => {
+  const table = load([SNAPSHOT_HEADER_PE], HISTORY);
+  assert.equal(files(table), FINAL);
+  assert.equal(table.rejected, []);
+  assert.is(table.urls.get('fs4'), 'ws://h:44');
+  assert.is(table.lastEpoch, 3);
+});
+
+test('replaying any suffix of the journal over any later snapshot, once or twice, changes nothing', () => {
+  // A compaction keeps the journal from an append on, and writes a snapshot of the table as it is
+  // then: with those changes or more (a change is in memory before its append is durable).
+  for (let k = 0; k <= CHANGES.length; k++) {
+    const snapshot = snapshotOf(load([SNAPSHOT_HEADER_PE], [JOURNAL_HEADER_PE, ...CHANGES.slice(0, k).flat()]));
+    for (let j = 0; j <= k; j++) {
+      const suffix = CHANGES.slice(j).flat();
+      for (const journal of [[JOURNAL_HEADER_PE, ...suffix], [JOURNAL_HEADER_PE, ...suffix, ...suffix]]) {
+        const table = load(snapshot, journal);
+        const what = `snapshot after ${k} rows, journal from row ${j}, ${journal.length === suffix.length + 1 ? 'once' : 'twice'}`;
+        assert.equal(files(table), FINAL, what);
+        assert.equal(table.rejected, [], what);
+      }
+    }
+  }
+});
+
+test('journal rows of a lower placement epoch than the snapshot’s are history: ignored', () => {
+  const table = load(
+    [SNAPSHOT_HEADER_PE, 'a,fs3,ws://h:3,primary,1,3', 'a,fs2,ws://h:2,replica,1,3'],
+    [JOURNAL_HEADER_PE, 'add,a,fs1,ws://h:1,primary,1,1', 'add,a,fs2,ws://h:2,primary,1,2', 'add,a,fs4,ws://h:4,replica,1,2'],
+  );
+  assert.equal(files(table), { a: '1@3:fs3>fs2' });
+  assert.equal(table.rejected, []);
+});
+
+test('a change of placement cut short by a crash (no primary row): the old placement stays, its rows are set aside as unacknowledged', () => {
+  const snapshot = [SNAPSHOT_HEADER_PE, 'a,fs1,ws://h:1,primary,1,1', 'a,fs2,ws://h:2,replica,1,1'];
+  const table = load(snapshot, [JOURNAL_HEADER_PE, 'add,a,fs2,ws://h:2,replica,1,2', 'add,a,fs3,ws://h:3,replica,1,2', 'add,b,fs1,ws://h:1,primary,2,1']);
+  assert.equal(files(table), { a: '1:fs1>fs2', b: '2:fs1>' });
+  assert.equal(setAside(table), ['journal:2 (crash)', 'journal:3 (crash)']);
+  assert.match(table.rejected[0]!.problem, /^a: a change of placement \(to placement epoch 2\) without its primary row, cut short by a crash/);
+  assert.is(table.rejected[1]!.row, 'add,a,fs3,ws://h:3,replica,1,2');
+  // The same with the primary row torn: that line is the incomplete last one.
+  const torn = loadTable({
+    snapshot: linesOf(snapshot.join('\n') + '\n'),
+    journal: linesOf(`${JOURNAL_HEADER_PE}\nadd,a,fs3,ws://h:3,replica,1,2\nadd,a,fs2,ws://h:2,pri`),
+    epochMark: 0,
+  });
+  assert.equal(files(torn), { a: '1:fs1>fs2' });
+  assert.equal(setAside(torn), ['journal:2 (crash)', 'journal:3 (crash)']);
+  assert.match(torn.rejected[1]!.problem, /incomplete last line/);
+});
+
+test('a pending change of placement interrupted by another placement epoch was cut short; the later one applies', () => {
+  const table = load(
+    [SNAPSHOT_HEADER_PE, 'a,fs1,ws://h:1,primary,1,1'],
+    [JOURNAL_HEADER_PE, 'add,a,fs2,ws://h:2,replica,1,2', 'add,a,fs3,ws://h:3,replica,1,3', 'add,a,fs2,ws://h:2,primary,1,3'],
+  );
+  assert.equal(files(table), { a: '1@3:fs2>fs3' });
+  assert.equal(setAside(table), ['journal:2 (crash)']);
+  // Interrupted by the file's removal: the same.
+  const removed = load([SNAPSHOT_HEADER_PE, 'a,fs1,ws://h:1,primary,1,1'], [JOURNAL_HEADER_PE, 'add,a,fs2,ws://h:2,replica,1,2', 'remove,a,,,,1,']);
+  assert.equal(files(removed), {});
+  assert.equal(setAside(removed), ['journal:2 (crash)']);
+});
+
+test('snapshot rows of one file with different placement epochs: the highest is kept, the others set aside', () => {
+  const table = load([
+    SNAPSHOT_HEADER_PE,
+    'a,fs1,ws://h:1,primary,4,1',
+    'a,fs2,ws://h:2,replica,4,1',
+    'a,fs2,ws://h:2,primary,4,2',
+    'a,fs3,ws://h:3,replica,4,2',
+    'a,fs4,ws://h:4,replica,4,',
+    'a,fs1,ws://h:1,replica,3,9',
+  ]);
+  assert.equal(files(table), { a: '4@2:fs2>fs3' });
+  assert.equal(setAside(table), ['snapshot:2', 'snapshot:3', 'snapshot:6', 'snapshot:7']);
+  assert.match(table.rejected[0]!.problem, /a has rows with placement epochs 1 and 2; the rows of placement epoch 2, the newest, are kept/);
+  assert.match(table.rejected[2]!.problem, /a has rows with placement epochs 1 and 2/, 'a blank placement epoch is 1');
+  assert.match(table.rejected[3]!.problem, /a has rows with epochs 3 and 4/, 'the epoch is compared first');
+});
+
+test('snapshot headers: the previous version’s five columns (placement epoch 1), six in any order, or none (5 or 6 values a line)', () => {
+  const old = load([SNAPSHOT_HEADER, 'a,fs1,ws://h:1,primary,1', 'a,fs2,ws://h:2,replica,1,2']);
+  assert.equal(files(old), { a: '1:fs1>' });
+  assert.match(old.rejected[0]!.problem, /^expected 5 values, found 6$/);
+  const reordered = load(['placement_epoch,role,name,epoch,server_id,server_url', '3,primary,a,1,fs1,ws://h:1', ',replica,b,2,fs1,ws://h:1', 'primary,c,3,fs1,ws://h:1']);
+  assert.equal(files(reordered), { a: '1@3:fs1>' });
+  assert.equal(setAside(reordered), ['snapshot:3', 'snapshot:4']);
+  assert.match(reordered.rejected[0]!.problem, /b has no primary row/);
+  assert.match(reordered.rejected[1]!.problem, /^expected 6 values, found 5$/);
+  const headerless = load(['a,fs1,ws://h:1,primary,1,2', 'a,fs2,ws://h:2,replica,1,2', 'b,fs1,ws://h:1,primary,2', 'c,fs1,ws://h:1,primary,3,1,x']);
+  assert.equal(files(headerless), { a: '1@2:fs1>fs2', b: '2:fs1>' });
+  assert.equal(setAside(headerless), ['snapshot:4']);
+  assert.match(headerless.rejected[0]!.problem, /^expected 5 or 6 values, found 7$/);
+  assert.match(headerless.notes[0]!.message, /does not name the columns name,server_id,server_url,role,epoch,placement_epoch/);
+});
+
+test('a bad placement epoch sets its row aside like a bad epoch; the row’s epoch still counts', () => {
+  const table = load(
+    [SNAPSHOT_HEADER_PE, 'a,fs1,ws://h:1,primary,1,0', 'b,fs1,ws://h:1,primary,2,x', 'c,fs1,ws://h:1,primary,3,1.5', 'd,fs1,ws://h:1,primary,4,2'],
+    [JOURNAL_HEADER_PE, 'add,e,fs1,ws://h:1,primary,9,-1', 'add,f,fs1,ws://h:1,primary,6,', 'add,g,fs1,ws://h:1,primary,7,1'],
+  );
+  assert.equal(files(table), { d: '4@2:fs1>', g: '7:fs1>' });
+  assert.equal(setAside(table), ['snapshot:2', 'snapshot:3', 'snapshot:4', 'journal:2', 'journal:3']);
+  assert.equal(
+    table.rejected.map((r) => r.problem),
+    [
+      'placement_epoch must be from 1 to 9007199254740991, not 0',
+      'placement_epoch must be a whole number, not "x"',
+      'placement_epoch must be a whole number, not "1.5"',
+      'placement_epoch must be a whole number, not "-1"',
+      'placement_epoch must be a whole number, not ""',
+    ],
+  );
+  assert.is(table.lastEpoch, 9);
+});
+
+test('journal lines of the previous version (6 values) are read at placement epoch 1, beside new ones', () => {
+  const table = load(
+    [SNAPSHOT_HEADER],
+    [
+      JOURNAL_HEADER,
+      'add,a,fs2,ws://h:2,replica,1',
+      'add,a,fs1,ws://h:1,primary,1',
+      'add,b,fs1,ws://h:1,primary,2',
+      'remove,b,,,,2',
+      JOURNAL_HEADER_PE,
+      'add,a,fs3,ws://h:3,replica,1,2',
+      'add,a,fs2,ws://h:2,primary,1,2',
+      'add,a,fs1,ws://h:1,primary,1',
+      'add,c,fs1,ws://h:1,primary,3,1',
+      'remove,c,,,,3,',
+      'add,d,fs1,ws://h:1,primary,4,1,extra',
+    ],
+  );
+  assert.equal(files(table), { a: '1@2:fs2>fs3' });
+  assert.equal(setAside(table), ['journal:12 (crash)']);
+  assert.match(table.rejected[0]!.problem, /^expected 7 values \(6 in the previous version's lines\), found 8$/);
 });
 
 test('tableLines: text split into lines without CR; a line that is not UTF-8 is kept as bytes', () => {

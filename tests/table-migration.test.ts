@@ -1,7 +1,8 @@
 /**
  * A data folder written by the previous version loads in a real directory process, including the
  * rows it left for names with lone surrogates: it stored "x\ud800" and "x\udc00" both as
- * "x\ufffd", one name with rows of two epochs, which used to stop the directory from starting.
+ * "x\ufffd", one name with rows of two epochs, which used to stop the directory from starting;
+ * and a folder of the version before placement epochs is rewritten in the new format.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import type { ListResult, Placement, PlacementResult, RegisterResult, StatusResult } from '../shared/protocol.js';
-import { EPOCH_FILE, JOURNAL_FILE, REJECTED_FILE, SNAPSHOT_FILE } from '../servers/directory/table-format.js';
+import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, REJECTED_FILE, SNAPSHOT_FILE, SNAPSHOT_HEADER } from '../servers/directory/table-format.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 
 const test = suite('table-migration');
@@ -118,6 +119,31 @@ test('the same collapse interrupted by a crash, the second name still in the jou
   assert.is((await call<PlacementResult>(conn, 'placement', { name: 'x\ufffd' })).epoch, 3);
   assert.equal((await rejectedRows(dir)).map((r) => r.line), ['4', '5']);
   assert.ok(proc.lines.some((l) => / error set aside a table row .*created again \(epoch 3\) without being removed/.test(l)), proc.output());
+});
+
+test('a folder without placement epochs (5-column snapshot, 6-column journal) loads at placement epoch 1 and is rewritten', async () => {
+  const dir = await tempDir('dfs-migration-');
+  dirs.push(dir);
+  await writeFile(join(dir, SNAPSHOT_FILE), ['name,server_id,server_url,role,epoch', ...OLD_ROWS.slice(0, 4), ''].join('\n'));
+  await writeFile(
+    join(dir, JOURNAL_FILE),
+    ['op,name,server_id,server_url,role,epoch', 'add,c.txt,fs3,ws://127.0.0.1:12003,replica,5', 'add,c.txt,fs1,ws://127.0.0.1:12001,primary,5', 'remove,b.txt,,,,4', ''].join('\n'),
+  );
+  await writeFile(join(dir, EPOCH_FILE), '4\n');
+  const { proc, conn } = await startDirectory(dir);
+  assert.not.ok(proc.lines.some((l) => / (error|warn) /.test(l)), proc.output());
+  assert.equal((await call<ListResult>(conn, 'list', {})).names, ['c.txt', 'notes/a.txt']);
+  const c = await call<PlacementResult>(conn, 'placement', { name: 'c.txt' });
+  assert.equal([c.epoch, c.primary.id, c.replicas.map((r) => r.id)], [5, 'fs1', ['fs3']]);
+  // Rewritten by the load's compaction, before the first request is answered.
+  assert.is(
+    await readFile(join(dir, SNAPSHOT_FILE), 'utf8'),
+    SNAPSHOT_HEADER +
+      ['c.txt,fs1,ws://127.0.0.1:12001,primary,5,1', 'c.txt,fs3,ws://127.0.0.1:12003,replica,5,1', 'notes/a.txt,fs2,ws://127.0.0.1:12002,primary,1,1', 'notes/a.txt,fs3,ws://127.0.0.1:12003,replica,1,1', ''].join('\n'),
+  );
+  assert.is(await readFile(join(dir, JOURNAL_FILE), 'utf8'), JOURNAL_HEADER);
+  proc.signal('SIGTERM');
+  assert.equal(await proc.waitForExit(), { code: 0, signal: null });
 });
 
 test.run();

@@ -1,7 +1,7 @@
 /**
- * The directory's table of files: for each name, its epoch, its primary server and its replica
- * servers. Kept in memory for answers, and on disk as CSV (format: table-format.ts) so that it
- * survives restarts and crashes:
+ * The directory's table of files: for each name, its epoch, its placement epoch, its primary
+ * server and its replica servers. Kept in memory for answers, and on disk as CSV (format:
+ * table-format.ts) so that it survives restarts and crashes:
  *
  * - Every change is appended to the journal and fsynced before it is acknowledged. Appends share
  *   fsyncs (group commit), so many concurrent creates cost about one fsync.
@@ -18,6 +18,12 @@
  *   that the snapshot on disk is clean and the journal empty. A crash between the two only means
  *   the same rows are set aside again, and appear twice in the rejected file. A clean stop
  *   compacts too, so a person can edit file_table.csv while the directory is stopped.
+ *
+ * Placement epochs: a file's is 1 at its create and one more at each change of its placement
+ * (`replace`, for failover and re-replication). A change names the placement epoch it was
+ * decided on and is skipped if the file has moved on since, so two racing decisions cannot both
+ * apply; on disk the number lets replay tell a file's current rows from rows it has left
+ * (table-load.ts). It is per file and per incarnation, so unlike epochs it needs no mark file.
  *
  * Epochs: every create gets `++lastEpoch`. On load, lastEpoch is the highest epoch in the
  * snapshot, the journal (removals included, rows set aside included) and file_table.epoch, which
@@ -60,14 +66,26 @@ const LOGGED_REJECTED_ROWS = 100;
 
 export interface FileEntry {
   readonly epoch: number;
+  /** 1 at the create, one more at each change of primary or replicas. */
+  readonly placementEpoch: number;
   readonly primary: string;
   readonly replicas: readonly string[];
 }
 
 interface Entry {
   epoch: number;
+  placementEpoch: number;
   primary: string;
   replicas: string[];
+}
+
+/** A new placement for a file, decided on the file as it was at `epoch` and `placementEpoch`. */
+export interface PlacementChange {
+  name: string;
+  epoch: number;
+  placementEpoch: number;
+  primary: ServerRef;
+  replicas: readonly ServerRef[];
 }
 
 export interface Holding {
@@ -215,16 +233,40 @@ export class FileTable {
   async create(name: string, primary: ServerRef, replicas: readonly ServerRef[]): Promise<FileEntry> {
     this.assertWritable();
     if (this.entries.has(name)) throw new DfsError('EXISTS', `${name} already exists`);
-    const ids = new Set([primary.id, ...replicas.map((r) => r.id)]);
-    if (ids.size !== replicas.length + 1) throw new Error(`placement of ${name} names a server twice`);
-    const entry: Entry = { epoch: ++this.lastEpoch, primary: primary.id, replicas: replicas.map((r) => r.id) };
+    assertDistinctServers(name, primary, replicas);
+    const entry: Entry = { epoch: ++this.lastEpoch, placementEpoch: 1, primary: primary.id, replicas: replicas.map((r) => r.id) };
     this.insert(name, entry);
     for (const ref of [primary, ...replicas]) this.urls.set(ref.id, ref.url);
-    // Replica rows first: a create cut short then lacks its primary row and is dropped on load.
-    const records: JournalRecord[] = replicas.map((r) => ({ op: 'add', name, serverId: r.id, serverUrl: r.url, role: 'replica', epoch: entry.epoch }));
-    records.push({ op: 'add', name, serverId: primary.id, serverUrl: primary.url, role: 'primary', epoch: entry.epoch });
-    await this.persist(records);
+    await this.persist(placementRecords(name, entry, primary, replicas));
     return entry;
+  }
+
+  /**
+   * Gives files new primaries and replicas, each at the next placement epoch, in memory at once
+   * and in one journal append (one fsync) for the whole call. A change applies only if its file
+   * still exists at that `epoch` and `placementEpoch` (changes are applied in order, so a second
+   * change of one file in a call must name the placement epoch the first gives); the others get
+   * null and write nothing. Resolves, in the order given, once the changes are durable. Throws
+   * (before changing anything) if a change names a server twice.
+   */
+  async replace(changes: ReadonlyArray<PlacementChange>): Promise<Array<FileEntry | null>> {
+    this.assertWritable();
+    for (const change of changes) assertDistinctServers(change.name, change.primary, change.replicas);
+    const records: JournalRecord[] = [];
+    const results = changes.map(({ name, epoch, placementEpoch, primary, replicas }): FileEntry | null => {
+      const old = this.entries.get(name);
+      if (!old || old.epoch !== epoch || old.placementEpoch !== placementEpoch) return null;
+      // A new object: entries handed out before keep describing the placement they were given with.
+      const entry: Entry = { epoch, placementEpoch: placementEpoch + 1, primary: primary.id, replicas: replicas.map((r) => r.id) };
+      this.countCopies(old, -1);
+      this.entries.set(name, entry);
+      this.countCopies(entry, 1);
+      for (const ref of [primary, ...replicas]) this.urls.set(ref.id, ref.url);
+      records.push(...placementRecords(name, entry, primary, replicas));
+      return entry;
+    });
+    if (records.length > 0) await this.persist(records);
+    return results;
   }
 
   /** Removes a file; resolves with what it was once the change is durable. NOT_FOUND if unknown. */
@@ -234,9 +276,7 @@ export class FileTable {
     if (!entry) throw new DfsError('NOT_FOUND', `no file named ${name}`);
     this.entries.delete(name);
     this.names.noteRemoved();
-    this.rowCount -= 1 + entry.replicas.length;
-    this.adjustLoad(entry.primary, -1, -1);
-    for (const id of entry.replicas) this.adjustLoad(id, -1, 0);
+    this.countCopies(entry, -1);
     await this.persist([{ op: 'remove', name, epoch: entry.epoch }]);
     return entry;
   }
@@ -253,7 +293,7 @@ export class FileTable {
     const records: JournalRecord[] = [];
     for (const [name, entry] of this.entries) {
       const role: CopyRole | null = entry.primary === id ? 'primary' : entry.replicas.includes(id) ? 'replica' : null;
-      if (role) records.push({ op: 'add', name, serverId: id, serverUrl: url, role, epoch: entry.epoch });
+      if (role) records.push({ op: 'add', name, serverId: id, serverUrl: url, role, epoch: entry.epoch, placementEpoch: entry.placementEpoch });
     }
     await this.persist(records);
     return records.length;
@@ -296,9 +336,14 @@ export class FileTable {
   private insert(name: string, entry: Entry): void {
     this.entries.set(name, entry);
     this.names.noteAdded(name);
-    this.rowCount += 1 + entry.replicas.length;
-    this.adjustLoad(entry.primary, 1, 1);
-    for (const id of entry.replicas) this.adjustLoad(id, 1, 0);
+    this.countCopies(entry, 1);
+  }
+
+  /** Adds (sign 1) or takes away (-1) an entry's copies from the row count and the servers' loads. */
+  private countCopies(entry: Entry, sign: 1 | -1): void {
+    this.rowCount += sign * (1 + entry.replicas.length);
+    this.adjustLoad(entry.primary, sign, sign);
+    for (const id of entry.replicas) this.adjustLoad(id, sign, 0);
   }
 
   private adjustLoad(id: string, files: number, primaries: number): void {
@@ -367,8 +412,9 @@ export class FileTable {
           // and the journal written after this snapshot replays the change harmlessly.
           const entry = entries.get(name);
           if (!entry) continue;
-          rows.push({ name, serverId: entry.primary, serverUrl: urls.get(entry.primary)!, role: 'primary', epoch: entry.epoch });
-          for (const id of entry.replicas) rows.push({ name, serverId: id, serverUrl: urls.get(id)!, role: 'replica', epoch: entry.epoch });
+          const { epoch, placementEpoch } = entry;
+          rows.push({ name, serverId: entry.primary, serverUrl: urls.get(entry.primary)!, role: 'primary', epoch, placementEpoch });
+          for (const id of entry.replicas) rows.push({ name, serverId: id, serverUrl: urls.get(id)!, role: 'replica', epoch, placementEpoch });
         }
         yield formatCopyRows(rows);
       }
@@ -426,7 +472,7 @@ export class FileTable {
   /**
    * Writes a table of `files` synthetic files into `dir` (replacing any table there), placed
    * round-robin over `servers`, for benchmarks that need a big table without creating it file by
-   * file. Epochs are 1..files.
+   * file. Epochs are 1..files, placement epochs 1.
    */
   static async prefill(dir: string, options: PrefillOptions): Promise<void> {
     const { files, servers } = options;
@@ -441,7 +487,7 @@ export class FileTable {
         for (let i = start; i < Math.min(files, start + SNAPSHOT_PIECE_FILES); i++) {
           for (let k = 0; k < replication; k++) {
             const server = servers[(i + k) % servers.length]!;
-            rows.push({ name: nameOf(i), serverId: server.id, serverUrl: server.url, role: k === 0 ? 'primary' : 'replica', epoch: i + 1 });
+            rows.push({ name: nameOf(i), serverId: server.id, serverUrl: server.url, role: k === 0 ? 'primary' : 'replica', epoch: i + 1, placementEpoch: 1 });
           }
         }
         yield formatCopyRows(rows);
@@ -456,6 +502,22 @@ export class FileTable {
 }
 
 // -------------------------------------------------------------------- helpers
+
+function assertDistinctServers(name: string, primary: ServerRef, replicas: readonly ServerRef[]): void {
+  const ids = new Set([primary.id, ...replicas.map((r) => r.id)]);
+  if (ids.size !== replicas.length + 1) throw new Error(`placement of ${name} names a server twice`);
+}
+
+/**
+ * The journal rows of a placement (a create's, or a change's): replica rows first, the primary
+ * row last, so that one cut short lacks its primary row and replay sets it aside.
+ */
+function placementRecords(name: string, entry: Entry, primary: ServerRef, replicas: readonly ServerRef[]): JournalRecord[] {
+  const { epoch, placementEpoch } = entry;
+  const records: JournalRecord[] = replicas.map((r) => ({ op: 'add', name, serverId: r.id, serverUrl: r.url, role: 'replica', epoch, placementEpoch }));
+  records.push({ op: 'add', name, serverId: primary.id, serverUrl: primary.url, role: 'primary', epoch, placementEpoch });
+  return records;
+}
 
 async function readIfExists(path: string): Promise<Buffer | null> {
   try {

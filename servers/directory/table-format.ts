@@ -5,23 +5,37 @@
  *
  * `file_table.csv` (the snapshot), one row per copy of a file:
  *
- *     name,server_id,server_url,role,epoch
- *     notes/today.txt,fs1,ws://127.0.0.1:12001,primary,41
- *     notes/today.txt,fs2,ws://127.0.0.1:12002,replica,41
+ *     name,server_id,server_url,role,epoch,placement_epoch
+ *     notes/today.txt,fs1,ws://127.0.0.1:12001,primary,41,2
+ *     notes/today.txt,fs2,ws://127.0.0.1:12002,replica,41,2
+ *
+ * `epoch` names one incarnation of a name (a new one at each create); `placement_epoch` counts
+ * the changes of that incarnation's primary and replicas (1 at the create, +1 at each change),
+ * so that replaying old rows of a file cannot bring back a placement it has left.
  *
  * Columns may come in any order (the header names them), spaces around values are ignored, blank
- * lines are skipped. A header that does not name the five columns is read as a data row in the
- * standard column order (so a table that lost its header still loads), with an error in the log.
- * An epoch left blank takes the epoch of the file's other rows, or a fresh one if none has one
- * (so a person can add a file by hand).
+ * lines are skipped. The header may name the five columns of the previous version (no
+ * placement_epoch): its rows are at placement epoch 1. A row has as many values as its header
+ * has columns. A header that names neither is read as a data row in the standard column order
+ * (so a table that lost its header still loads), with an error in the log; each line then has 5
+ * values (the previous version's order) or 6. An epoch left blank takes the epoch of the file's
+ * other rows, or a fresh one if none has one (so a person can add a file by hand); a blank
+ * placement_epoch is 1.
  *
  * `file_table.journal.csv`, the changes since the snapshot, appended and fsynced before each
  * change is acknowledged:
  *
- *     op,name,server_id,server_url,role,epoch
- *     add,notes/today.txt,fs2,ws://127.0.0.1:12002,replica,41
- *     add,notes/today.txt,fs1,ws://127.0.0.1:12001,primary,41
- *     remove,notes/today.txt,,,,41
+ *     op,name,server_id,server_url,role,epoch,placement_epoch
+ *     add,notes/today.txt,fs2,ws://127.0.0.1:12002,replica,41,1
+ *     add,notes/today.txt,fs1,ws://127.0.0.1:12001,primary,41,1
+ *     add,notes/today.txt,fs3,ws://127.0.0.1:12003,replica,41,2
+ *     add,notes/today.txt,fs2,ws://127.0.0.1:12002,primary,41,2
+ *     remove,notes/today.txt,,,,41,
+ *
+ * A create and a placement change both write one `add` row per copy, replicas first and the
+ * primary last, at the file's (new) placement epoch (what replay makes of them: table-load.ts).
+ * Lines of 6 values, the previous version's, are read at placement epoch 1; a remove's
+ * placement_epoch is not used.
  *
  * `file_table.epoch`: the highest epoch ever issued, as of the last compaction.
  *
@@ -46,12 +60,15 @@ export const JOURNAL_FILE = 'file_table.journal.csv';
 export const EPOCH_FILE = 'file_table.epoch';
 export const REJECTED_FILE = 'file_table.rejected.csv';
 
-export const SNAPSHOT_COLUMNS = ['name', 'server_id', 'server_url', 'role', 'epoch'] as const;
+export const SNAPSHOT_COLUMNS = ['name', 'server_id', 'server_url', 'role', 'epoch', 'placement_epoch'] as const;
 export const JOURNAL_COLUMNS = ['op', ...SNAPSHOT_COLUMNS] as const;
 export const REJECTED_COLUMNS = ['rejected_at', 'file', 'line', 'problem', 'row'] as const;
 export const SNAPSHOT_HEADER = SNAPSHOT_COLUMNS.join(',') + '\n';
 export const JOURNAL_HEADER = JOURNAL_COLUMNS.join(',') + '\n';
 export const REJECTED_HEADER = REJECTED_COLUMNS.join(',') + '\n';
+/** The previous version wrote the same columns but the last (placement_epoch): its tables load at placement epoch 1. */
+const OLD_SNAPSHOT_WIDTH = SNAPSHOT_COLUMNS.length - 1;
+const OLD_JOURNAL_HEADER = JOURNAL_COLUMNS.slice(0, -1).join(',');
 
 export interface CopyRow {
   name: string;
@@ -59,6 +76,8 @@ export interface CopyRow {
   serverUrl: string;
   role: CopyRole;
   epoch: number;
+  /** The placement this copy belongs to: 1 at the create, one more at each change of placement. */
+  placementEpoch: number;
 }
 
 export type JournalRecord = ({ op: 'add' } & CopyRow) | { op: 'remove'; name: string; epoch: number };
@@ -99,12 +118,14 @@ export interface TableNote {
 // ------------------------------------------------------------------ writing
 
 export function formatCopyRows(rows: readonly CopyRow[]): string {
-  return stringify(rows.map((r) => [r.name, r.serverId, r.serverUrl, r.role, String(r.epoch)]));
+  return stringify(rows.map((r) => [r.name, r.serverId, r.serverUrl, r.role, String(r.epoch), String(r.placementEpoch)]));
 }
 
 export function formatJournal(records: readonly JournalRecord[]): string {
   return stringify(
-    records.map((r) => (r.op === 'add' ? ['add', r.name, r.serverId, r.serverUrl, r.role, String(r.epoch)] : ['remove', r.name, '', '', '', String(r.epoch)])),
+    records.map((r) =>
+      r.op === 'add' ? ['add', r.name, r.serverId, r.serverUrl, r.role, String(r.epoch), String(r.placementEpoch)] : ['remove', r.name, '', '', '', String(r.epoch), ''],
+    ),
   );
 }
 
@@ -172,12 +193,16 @@ function csvFields(line: string, trim: boolean): string[] | string {
   }
 }
 
-function epochProblem(text: string): string | null {
-  if (!/^\d+$/.test(text)) return `epoch must be a whole number, not ${JSON.stringify(text)}`;
+/** What is wrong with `text` as a value of `column`, a whole number from 1 (an epoch or a placement epoch). */
+function counterProblem(text: string, column = 'epoch'): string | null {
+  if (!/^\d+$/.test(text)) return `${column} must be a whole number, not ${JSON.stringify(text)}`;
   const value = Number(text);
-  if (value < 1 || !Number.isSafeInteger(value)) return `epoch must be from 1 to ${Number.MAX_SAFE_INTEGER}, not ${text}`;
+  if (value < 1 || !Number.isSafeInteger(value)) return `${column} must be from 1 to ${Number.MAX_SAFE_INTEGER}, not ${text}`;
   return null;
 }
+
+const epochProblem = (text: string) => counterProblem(text);
+const placementEpochProblem = (text: string) => counterProblem(text, 'placement_epoch');
 
 /** The epoch in `text` if it is a valid one, else null. */
 function readableEpoch(text: string | undefined): number | null {
@@ -217,25 +242,37 @@ export interface ParsedSnapshot {
   notes: TableNote[];
 }
 
-/** Positions of the snapshot's columns in a line, by column. */
-type ColumnOrder = Record<(typeof SNAPSHOT_COLUMNS)[number], number>;
+type Column = (typeof SNAPSHOT_COLUMNS)[number];
 
-const STANDARD_ORDER = Object.fromEntries(SNAPSHOT_COLUMNS.map((column, i) => [column, i])) as ColumnOrder;
+/**
+ * How to read the snapshot's lines: where each column is, and how many values a line has.
+ * placement_epoch has no position in a table of the previous version.
+ */
+interface Layout {
+  order: Record<Exclude<Column, 'placement_epoch'>, number> & { placement_epoch?: number };
+  widths: readonly number[];
+}
 
-/** The column order a header line gives, or why it is not a header. */
-function headerOrder(line: TableLine): ColumnOrder | string {
+/** Without a header: the standard order, of which the previous version's is the first five columns. */
+const STANDARD_LAYOUT: Layout = {
+  order: Object.fromEntries(SNAPSHOT_COLUMNS.map((column, i) => [column, i])) as Layout['order'],
+  widths: [OLD_SNAPSHOT_WIDTH, SNAPSHOT_COLUMNS.length],
+};
+
+/** The layout a header line gives, or why it is not a header. */
+function headerLayout(line: TableLine): Layout | string {
   if (typeof line !== 'string') return NOT_UTF8;
   const fields = csvFields(line, true);
   if (typeof fields === 'string') return fields;
-  const order: Partial<ColumnOrder> = {};
+  const order: Partial<Record<Column, number>> = {};
   for (const [i, field] of fields.entries()) {
-    const column = field.toLowerCase() as keyof ColumnOrder;
+    const column = field.toLowerCase() as Column;
     if (!SNAPSHOT_COLUMNS.includes(column)) return `unknown column ${JSON.stringify(field)}`;
     if (order[column] !== undefined) return `column ${column} appears twice`;
     order[column] = i;
   }
-  const missing = SNAPSHOT_COLUMNS.find((column) => order[column] === undefined);
-  return missing === undefined ? (order as ColumnOrder) : `no ${missing} column`;
+  const missing = SNAPSHOT_COLUMNS.find((column) => column !== 'placement_epoch' && order[column] === undefined);
+  return missing === undefined ? { order: order as Layout['order'], widths: [fields.length] } : `no ${missing} column`;
 }
 
 /**
@@ -252,20 +289,20 @@ export function parseSnapshot(lines: readonly TableLine[]): ParsedSnapshot {
 
   const firstLine = lines[first]!;
   const header = typeof firstLine === 'string' ? firstLine.replace(/^\ufeff/, '') : firstLine;
-  let order = headerOrder(header);
+  let layout = headerLayout(header);
   let headerProblem: string | null = null;
-  if (typeof order === 'string') {
-    headerProblem = order;
-    order = STANDARD_ORDER;
+  if (typeof layout === 'string') {
+    headerProblem = layout;
+    layout = STANDARD_LAYOUT;
     notes.push({
       level: 'error',
-      message: `the header does not name the columns ${SNAPSHOT_COLUMNS.join(',')}; reading the rows in that order, the first line included`,
+      message: `the header does not name the columns ${SNAPSHOT_COLUMNS.join(',')}; reading the rows in that order (or, with 5 values, the previous version's, without placement_epoch), the first line included`,
       fields: { file: SNAPSHOT_FILE, line: first + 1, problem: headerProblem },
     });
   }
   const checker = new CopyChecker();
   const readLine = (line: TableLine, index: number) => {
-    const parsed = parseSnapshotLine(line, index + 1, order as ColumnOrder, checker);
+    const parsed = parseSnapshotLine(line, index + 1, layout as Layout, checker);
     if ('problem' in parsed) {
       if (index === first) parsed.problem = `not a header (${headerProblem}), nor a valid row (${parsed.problem})`;
       rejected.push(parsed);
@@ -278,21 +315,27 @@ export function parseSnapshot(lines: readonly TableLine[]): ParsedSnapshot {
   return { rows, rejected, notes };
 }
 
-function parseSnapshotLine(line: TableLine, lineNumber: number, order: ColumnOrder, checker: CopyChecker): SnapshotRow | RejectedRow {
+function parseSnapshotLine(line: TableLine, lineNumber: number, { order, widths }: Layout, checker: CopyChecker): SnapshotRow | RejectedRow {
   const reject = (problem: string, epoch: number | null = null): RejectedRow => ({ file: SNAPSHOT_FILE, line: lineNumber, row: line, problem, epoch, unacknowledged: false });
   if (typeof line !== 'string') return reject(NOT_UTF8);
   const fields = csvFields(line, true);
   if (typeof fields === 'string') return reject(fields);
-  if (fields.length !== SNAPSHOT_COLUMNS.length) return reject(`expected ${SNAPSHOT_COLUMNS.length} values, found ${fields.length}`);
+  if (!widths.includes(fields.length)) return reject(`expected ${widths.join(' or ')} values, found ${fields.length}`);
   const name = fields[order.name]!;
   const serverId = fields[order.server_id]!;
   const serverUrl = fields[order.server_url]!;
   const role = fields[order.role]!.toLowerCase();
   const epochText = fields[order.epoch]!;
+  // Absent (a 5-value line, or a header without the column) or blank: the file's first placement.
+  const placementText = order.placement_epoch === undefined ? '' : (fields[order.placement_epoch] ?? '');
   const epoch = readableEpoch(epochText);
-  const problem = checker.problem(name, serverId, serverUrl, role) ?? (epochText === '' ? null : epochProblem(epochText));
+  const problem =
+    checker.problem(name, serverId, serverUrl, role) ??
+    (epochText === '' ? null : epochProblem(epochText)) ??
+    (placementText === '' ? null : placementEpochProblem(placementText));
   if (problem !== null) return reject(problem, epoch);
-  return { name, serverId, serverUrl, role: role as CopyRole, epoch, line: lineNumber };
+  const placementEpoch = placementText === '' ? 1 : Number(placementText);
+  return { name, serverId, serverUrl, role: role as CopyRole, epoch, placementEpoch, line: lineNumber };
 }
 
 // ------------------------------------------------------------------ reading the journal
@@ -308,10 +351,10 @@ export function parseJournal(lines: readonly TableLine[]): ParsedJournal {
   const records: JournalEntry[] = [];
   const rejected: RejectedRow[] = [];
   const checker = new CopyChecker();
-  const header = JOURNAL_HEADER.trimEnd();
+  const headers = [JOURNAL_HEADER.trimEnd(), OLD_JOURNAL_HEADER];
   const last = lines.length - 1;
   lines.forEach((line, i) => {
-    if (line === '' || line === header) return;
+    if (line === '' || (typeof line === 'string' && headers.includes(line))) return;
     const parsed = parseJournalLine(line, i + 1, checker);
     if (i === last) {
       // Without its newline the write was cut short, whatever the line looks like: never acknowledged.
@@ -332,8 +375,10 @@ function parseJournalLine(line: TableLine, lineNumber: number, checker: CopyChec
   if (typeof line !== 'string') return reject(NOT_UTF8, null, true);
   const fields = csvFields(line, false);
   if (typeof fields === 'string') return reject(fields, null, true);
-  if (fields.length !== JOURNAL_COLUMNS.length) return reject(`expected ${JOURNAL_COLUMNS.length} values, found ${fields.length}`, null, true);
-  const [op, name, serverId, serverUrl, role, epochText] = fields as [string, string, string, string, string, string];
+  if (fields.length !== JOURNAL_COLUMNS.length && fields.length !== JOURNAL_COLUMNS.length - 1) {
+    return reject(`expected ${JOURNAL_COLUMNS.length} values (${JOURNAL_COLUMNS.length - 1} in the previous version's lines), found ${fields.length}`, null, true);
+  }
+  const [op, name, serverId, serverUrl, role, epochText, placementText] = fields as [string, string, string, string, string, string, string | undefined];
   const epoch = readableEpoch(epochText);
   if (epoch === null) return reject(epochProblem(epochText)!, null, false);
   if (op === 'remove') {
@@ -341,8 +386,11 @@ function parseJournalLine(line: TableLine, lineNumber: number, checker: CopyChec
     return problem === null ? { op, name, epoch, line: lineNumber } : reject(`bad file name: ${problem}`, epoch, false);
   }
   if (op !== 'add') return reject(`unknown op ${JSON.stringify(op)}`, epoch, false);
-  const problem = checker.problem(name, serverId, serverUrl, role);
-  return problem === null ? { op, name, serverId, serverUrl, role: role as CopyRole, epoch, line: lineNumber } : reject(problem, epoch, false);
+  // A line of the previous version has no placement_epoch: its placements were all the first.
+  const problem = checker.problem(name, serverId, serverUrl, role) ?? (placementText === undefined ? null : placementEpochProblem(placementText));
+  if (problem !== null) return reject(problem, epoch, false);
+  const placementEpoch = placementText === undefined ? 1 : Number(placementText);
+  return { op, name, serverId, serverUrl, role: role as CopyRole, epoch, placementEpoch, line: lineNumber };
 }
 
 // ------------------------------------------------------------------ the epoch mark
