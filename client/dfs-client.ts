@@ -102,6 +102,8 @@ export interface ClusterStatus extends StatusResult {
 
 interface WriteTarget {
   epoch: number;
+  /** The placement the directory gave; a primary that knows an older one checks again. */
+  placementEpoch: number;
   primaryUrl: string;
 }
 
@@ -219,7 +221,7 @@ export class DfsClient {
     const conn = await this.retrying('create', () => this.directory());
     // create is not idempotent, so it is not retried once sent: EXISTS would hide a success.
     const placement = (await conn.call('create', { name })).result as Placement;
-    this.writeTargets.set(name, { epoch: placement.epoch, primaryUrl: placement.primary.url });
+    this.writeTargets.set(name, { epoch: placement.epoch, placementEpoch: placement.placementEpoch, primaryUrl: placement.primary.url });
     this.cache.delete(name);
     return placement;
   }
@@ -509,7 +511,7 @@ export class DfsClient {
     const known = this.writeTargets.get(name);
     if (known) return known;
     const loc = (await (await this.directory()).call('locate', { name, for: 'write' })).result as LocateResult;
-    const target = { epoch: loc.epoch, primaryUrl: loc.server.url };
+    const target = { epoch: loc.epoch, placementEpoch: loc.placementEpoch, primaryUrl: loc.server.url };
     this.writeTargets.set(name, target);
     return target;
   }
@@ -531,7 +533,7 @@ export class DfsClient {
       mode,
       async () => {
         const target = await this.writeTarget(name);
-        const args: Record<string, unknown> = { name, epoch: target.epoch, token, mode, size, requestId };
+        const args: Record<string, unknown> = { name, epoch: target.epoch, placementEpoch: target.placementEpoch, token, mode, size, requestId };
         try {
           const conn = await this.pool.get(target.primaryUrl);
           if (source.kind === 'buffer') {

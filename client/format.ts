@@ -51,6 +51,14 @@ export function renderStatus(status: ClusterStatus, now = Date.now()): string {
   if (status.rejectedRows) {
     lines.push(`the directory set aside ${status.rejectedRows} row${status.rejectedRows === 1 ? '' : 's'} of its file table at start (see file_table.rejected.csv in its data folder)`);
   }
+  if (status.underReplicated) {
+    lines.push(`${status.underReplicated} file${status.underReplicated === 1 ? ' has' : 's have'} fewer than ${status.replication} copies up and in sync`);
+  }
+  if (status.lastFailover) {
+    const f = status.lastFailover;
+    const stuck = f.stuck > 0 ? `; ${f.stuck} could not be (no in-sync replica)` : '';
+    lines.push(`last failover: ${f.server} was silent; ${f.promoted} of its ${f.files} file${f.files === 1 ? '' : 's'} got a new primary ${formatAge(f.at, now)} (in ${f.ms} ms)${stuck}`);
+  }
   if (status.servers.length > 0) {
     lines.push('');
     lines.push(

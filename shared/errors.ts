@@ -12,6 +12,7 @@ export const ERROR_CODES = [
   'STALE_TOKEN', // a fencing token that is not the one currently granted
   'NOT_PRIMARY', // a write sent to a server that is not the file's primary
   'OUT_OF_ORDER', // a replica was sent a version that does not follow its own
+  'STALE_EPOCH', // replication from a server whose placement of the file is older than the receiver's (fenced)
   'UNAVAILABLE', // the server, or every copy, cannot serve this now; try again later
   'TIMEOUT', // a wait or a request ran out of time
   'CANCELLED', // the caller cancelled the request

@@ -46,9 +46,17 @@ export interface Placement {
   name: string;
   /** Changes whenever a name is (re)created, so that copies of an older file are never mistaken for it. */
   epoch: number;
+  /**
+   * Grows by one each time the file's primary or replicas change (failover, re-replication), from
+   * 1 at its creation. File servers refuse replication stamped with an older one (fencing).
+   */
+  placementEpoch: number;
   primary: ServerRef;
   replicas: ServerRef[];
 }
+
+/** Placement epochs are positive whole numbers. */
+export const placementEpoch = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER);
 
 // ---------------------------------------------------------------- directory service
 
@@ -78,8 +86,11 @@ export const directoryOps = {
   synced: z.object({ id: serverId, upTo: counter }).strict(),
   /** A partial catch-up is done for `names`: their marks numbered up to `upTo` are cleared. */
   caughtUp: z.object({ id: serverId, upTo: counter, names: z.array(fileName).min(1).max(10_000) }).strict(),
-  /** The copies of `names` on server `id` missed writes (reported by their primary, or by `id` itself). */
-  behind: z.object({ id: serverId, names: z.array(fileName).min(1).max(10_000) }).strict(),
+  /**
+   * The copies of `names` on server `id` missed writes, as reported by server `by`: their primary,
+   * or `id` itself. A report by a server that is no longer a file's primary is refused.
+   */
+  behind: z.object({ id: serverId, by: serverId, names: z.array(fileName).min(1).max(10_000) }).strict(),
 } as const;
 
 export interface InfoResult {
@@ -90,6 +101,7 @@ export interface InfoResult {
 export interface LocateResult {
   name: string;
   epoch: number;
+  placementEpoch: number;
   server: ServerRef;
   role: CopyRole;
 }
@@ -129,6 +141,23 @@ export interface StatusResult {
   lockUrl: string;
   /** Rows of the file table the directory could not load at its start, kept in file_table.rejected.csv. */
   rejectedRows?: number;
+  /** Files with fewer than `replication` copies up and in sync. */
+  underReplicated?: number;
+  /** The latest failover round, if one ran since the directory started. */
+  lastFailover?: FailoverSummary | null;
+  /** How long a primary may be silent before a replica takes over. */
+  failoverAfterMs?: number;
+}
+
+export interface FailoverSummary {
+  /** Milliseconds since the epoch. */
+  at: number;
+  server: string;
+  files: number;
+  promoted: number;
+  /** Files left without a writable primary: no in-sync replica could take over. */
+  stuck: number;
+  ms: number;
 }
 
 export interface RegisterResult {
@@ -156,26 +185,39 @@ export interface BehindResult {
   marked: number;
   /** Names that are not replica copies on that server (deleted meanwhile, or its primary). */
   ignored: number;
+  /** Names whose primary is not the reporter (it lost the role): its write must not be acknowledged. */
+  refused: number;
 }
 
 /** One copy a server holds, as the directory's table says. */
 export interface Holding {
   name: string;
   epoch: number;
+  placementEpoch: number;
   role: CopyRole;
   primary: ServerRef;
   replicas: ServerRef[];
 }
 
+/** One copy in a compact list: servers by id, their URLs alongside. */
+export interface HoldingEntry {
+  name: string;
+  epoch: number;
+  placementEpoch: number;
+  role: CopyRole;
+  primary: string;
+  replicas: string[];
+}
+
 /** A page of `holdings`: server ids in the copies, their URLs once in `servers`. */
 export interface HoldingsResult {
-  copies: Array<{ name: string; epoch: number; role: CopyRole; primary: string; replicas: string[] }>;
+  copies: HoldingEntry[];
   servers: Record<string, string>;
   more: boolean;
 }
 
 /** Expands a holdings page into Holdings with server URLs. */
-export function holdingsOf(page: HoldingsResult): Holding[] {
+export function holdingsOf(page: { copies: readonly HoldingEntry[]; servers: Record<string, string> }): Holding[] {
   // One ServerRef per server, shared by every copy of the page: 100,000 holdings stay small.
   const refs = new Map<string, ServerRef>();
   const ref = (id: string): ServerRef => {
@@ -183,7 +225,7 @@ export function holdingsOf(page: HoldingsResult): Holding[] {
     if (!known) refs.set(id, (known = { id, url: page.servers[id] ?? '' }));
     return known;
   };
-  return page.copies.map((c) => ({ name: c.name, epoch: c.epoch, role: c.role, primary: ref(c.primary), replicas: c.replicas.map(ref) }));
+  return page.copies.map((c) => ({ name: c.name, epoch: c.epoch, placementEpoch: c.placementEpoch, role: c.role, primary: ref(c.primary), replicas: c.replicas.map(ref) }));
 }
 
 // ---------------------------------------------------------------- lock service
@@ -293,6 +335,8 @@ export const fileOps = {
       size: counter,
       sha256: sha256Hex.optional(),
       requestId: z.string().min(8).max(64).regex(/^[\w-]+$/),
+      /** The placement the client was given; a server that knows an older one asks the directory again. */
+      placementEpoch: placementEpoch.optional(),
     })
     .strict(),
   delete: z.object({ name: fileName, epoch: counter, token: counter }).strict(),
@@ -307,12 +351,35 @@ export const fileOps = {
       mode: writeMode,
       size: counter,
       from: serverId,
+      /** The sender's placement epoch of the file: refused (STALE_EPOCH) when older than the replica's. */
+      placementEpoch,
       mtime: counter,
     })
     .strict(),
   /** Primary → replica, after the primary committed: make the prepared version current. */
-  'rep.commit': z.object({ name: fileName, epoch: counter, version: counter, from: serverId }).strict(),
-  'rep.delete': z.object({ name: fileName, epoch: counter, from: serverId }).strict(),
+  'rep.commit': z.object({ name: fileName, epoch: counter, version: counter, from: serverId, placementEpoch }).strict(),
+  'rep.delete': z.object({ name: fileName, epoch: counter, from: serverId, placementEpoch }).strict(),
+  /**
+   * Directory → a file's in-sync copies, before it changes the file's primary: from now on refuse
+   * replication stamped below `placementEpoch`, stop any under way, and say which version is held.
+   */
+  'rep.fence': z
+    .object({ copies: z.array(z.object({ name: fileName, epoch: counter, placementEpoch }).strict()).min(1).max(10_000) })
+    .strict(),
+  /** Directory → every up copy of a file whose placement changed: the new placement. */
+  'rep.placement': z
+    .object({
+      copies: z
+        .array(
+          z
+            .object({ name: fileName, epoch: counter, placementEpoch, role: z.enum(['primary', 'replica']), primary: serverId, replicas: z.array(serverId).max(16) })
+            .strict(),
+        )
+        .min(1)
+        .max(10_000),
+      servers: z.record(serverId, wsUrl),
+    })
+    .strict(),
   /** Peers during catch-up: the versions a server holds of the named files. */
   versions: z.object({ names: z.array(fileName).max(10_000) }).strict(),
   /** Replica catching up → primary: the whole current content, whatever the copy's read state. */
@@ -354,6 +421,11 @@ export interface PreparedResult {
 
 export interface VersionsResult {
   files: Array<{ name: string; epoch: number; version: number; sha256: string }>;
+}
+
+export interface PlacementAppliedResult {
+  /** Copies whose placement changed here; the others were already as new, or are not held here. */
+  applied: number;
 }
 
 export interface FileServerStatus {

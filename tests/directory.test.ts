@@ -82,7 +82,7 @@ class FakeFileServer {
 
   /** Reports a full catch-up done; `behind` are the copies it could not catch up (marked first). */
   async synced(behind: string[] = [], upTo = this.markSeq): Promise<unknown> {
-    if (behind.length > 0) await call(this.conn, 'behind', { id: this.id, names: behind });
+    if (behind.length > 0) await call(this.conn, 'behind', { id: this.id, by: this.id, names: behind });
     return call(this.conn, 'synced', { id: this.id, upTo });
   }
 
@@ -129,7 +129,7 @@ test('create, locate, placement, list, delete; EXISTS and NOT_FOUND', async () =
 
   assert.is(await codeOf(app.call('create', { name: 'docs/readme.txt' })), 'EXISTS');
   const write = await call<LocateResult>(app, 'locate', { name: 'docs/readme.txt', for: 'write' });
-  assert.equal(write, { name: 'docs/readme.txt', epoch: created.epoch, server: created.primary, role: 'primary' });
+  assert.equal(write, { name: 'docs/readme.txt', epoch: created.epoch, placementEpoch: 1, server: created.primary, role: 'primary' });
   const placement = await call<PlacementResult>(app, 'placement', { name: 'docs/readme.txt' });
   assert.equal(placement.copies.map((c) => [c.id, c.role, c.up, c.inSync]), [
     [created.primary.id, 'primary', true, true],
@@ -173,7 +173,7 @@ test('bad names and bad arguments get BAD_REQUEST and change nothing', async () 
   assert.is(await codeOf(app.call('register', { id: 'fsx', url: 'http://127.0.0.1:1' })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12 })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('caughtUp', { id: 'fs1', upTo: 0, names: [] })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('behind', { id: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
+  assert.is(await codeOf(app.call('behind', { id: 'fs1', by: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
   assert.equal(await call<ListResult>(app, 'list', {}), before);
   assert.is((await call<StatusResult>(app, 'status', {})).files, files);
   assert.is(await statusOf(app, 'fsx'), undefined);
@@ -214,8 +214,12 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.equal(seen, seen[0] === r1 ? [r1, r2, r1, r2] : [r2, r1, r2, r1]);
 
   // A replica marked behind is skipped until it reports that it caught up.
-  const behind = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r1 });
-  assert.equal(behind, { markSeq: behind.markSeq, marked: 1, ignored: 0 });
+  const behind = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r1, by: file.primary.id });
+  assert.equal(behind, { markSeq: behind.markSeq, marked: 1, ignored: 0, refused: 0 });
+  // A server that is not the file's primary cannot mark another's copy: a deposed primary's
+  // report is refused, so the write it was for is not acknowledged.
+  const forged = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r2, by: r1 });
+  assert.equal([forged.marked, forged.refused], [0, 1]);
   assert.equal(await readers(3), [r2, r2, r2]);
   const replica = fakes.find((f) => f.id === r1)!;
   const beat = await call<HeartbeatResult>(replica.conn, 'heartbeat', { id: r1 });
@@ -226,10 +230,11 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.is(placement.copies.find((c) => c.id === r1)?.inSync, false);
 
   // Both replicas behind: the primary serves reads.
-  await call(app, 'behind', { names: ['rr/file.txt'], id: r2 });
+  await call(app, 'behind', { names: ['rr/file.txt'], id: r2, by: file.primary.id });
   assert.equal(await call<LocateResult>(app, 'locate', { name: 'rr/file.txt', for: 'read' }), {
     name: 'rr/file.txt',
     epoch: file.epoch,
+    placementEpoch: 1,
     server: file.primary,
     role: 'primary',
   });
@@ -244,7 +249,7 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
 
   // Only replica copies can be behind: a primary, a stranger or a missing file is ignored.
   for (const [name, id] of [['rr/file.txt', file.primary.id], ['rr/file.txt', 'fs-stranger'], ['rr/none.txt', r1]] as const) {
-    const result = await call<BehindResult>(app, 'behind', { names: [name], id });
+    const result = await call<BehindResult>(app, 'behind', { names: [name], id, by: id });
     assert.equal([result.marked, result.ignored], [0, 1], `${name} on ${id}`);
   }
   assert.equal((await readers(2)).sort(), [r1, r2].sort());
@@ -265,7 +270,7 @@ test('holdings lists a server\'s copies, paginated, with where the other copies 
   assert.equal((await call<StatusResult>(app, 'status', {})).servers.find((s) => s.id === 'fs1')?.files, all.length);
   for (const copy of all) {
     const placement = await call<PlacementResult>(app, 'placement', { name: copy.name });
-    assert.equal(copy, { name: copy.name, epoch: placement.epoch, role: placement.primary.id === 'fs1' ? 'primary' : 'replica', primary: placement.primary, replicas: placement.replicas });
+    assert.equal(copy, { name: copy.name, epoch: placement.epoch, placementEpoch: 1, role: placement.primary.id === 'fs1' ? 'primary' : 'replica', primary: placement.primary, replicas: placement.replicas });
   }
   assert.equal(await call<HoldingsResult>(fs1.conn, 'holdings', { id: 'nobody' }), { copies: [], servers: {}, more: false });
 });

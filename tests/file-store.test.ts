@@ -19,7 +19,7 @@ async function collect(it: AsyncIterable<Buffer>): Promise<Buffer> {
 async function put(store: FileStore, name: string, epoch: number, version: number, content: string, mode: 'replace' | 'append' = 'replace') {
   const staged = await store.stage(name, epoch, version, mode);
   await staged.write(Buffer.from(content));
-  const header = await staged.seal({ mtime: 1, token: 1, requestId: `r${version}` });
+  const header = await staged.seal({ mtime: 1, token: 1, requestId: `r${version}`, placementEpoch: 1 });
   return store.commit(staged, header);
 }
 
@@ -48,7 +48,7 @@ test('a staged version that never commits leaves the old one current; leftovers 
   await put(store, 'f', 1, 1, 'old');
   const staged = await store.stage('f', 1, 2, 'replace');
   await staged.write(Buffer.from('new but never committed'));
-  await staged.seal({ mtime: 2, token: 2, requestId: 'x' });
+  await staged.seal({ mtime: 2, token: 2, requestId: 'x', placementEpoch: 1 });
   // A crash here: the temp file is on disk, the rename never happened.
   await store.close();
   store = await FileStore.open(dir, silentLogger);
@@ -97,7 +97,7 @@ test('binary content of every byte value round-trips', async () => {
   const bytes = Buffer.from(Array.from({ length: 256 * 4 }, (_, i) => i % 256));
   const staged = await store.stage('bin', 1, 1, 'replace');
   await staged.write(bytes);
-  const header = await staged.seal({ mtime: 1, token: 1, requestId: 'b' });
+  const header = await staged.seal({ mtime: 1, token: 1, requestId: 'b', placementEpoch: 1 });
   await store.commit(staged, header);
   assert.ok((await store.readAll(store.get('bin')!)).equals(bytes));
   await store.close();

@@ -307,7 +307,7 @@ test('file servers refuse bad input with typed errors and change nothing', async
   assert.is(await code(primary.call('write', { ...write, size: 9 }, { body: Buffer.from('evil') })), 'BAD_REQUEST');
   assert.is(await code(primary.call('write', { ...write, sha256: '0'.repeat(64) }, { body: Buffer.from('evil') })), 'CHECKSUM');
   assert.is(await code(replica.call('write', write, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
-  const forged = { name: 'bad/input.txt', epoch: p.epoch, version: 99, baseVersion: 98, mode: 'replace', size: 4, from: p.replicas[1]!.id, mtime: 0 };
+  const forged = { name: 'bad/input.txt', epoch: p.epoch, version: 99, baseVersion: 98, mode: 'replace', size: 4, from: p.replicas[1]!.id, placementEpoch: p.placementEpoch, mtime: 0 };
   assert.is(await code(replica.call('rep.write', forged, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
   assert.is(await code(replica.call('rep.write', { ...forged, from: p.primary.id }, { body: Buffer.from('evil') })), 'OUT_OF_ORDER');
   await lock.release();

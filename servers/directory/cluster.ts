@@ -147,6 +147,20 @@ export class Cluster {
     return newlyDown;
   }
 
+  /** How long a registered server has been silent (0 while it is heard from), or null if unknown. */
+  silentMs(id: string): number | null {
+    const member = this.members.get(id);
+    return member === undefined ? null : Math.max(0, this.now() - lastSign(member));
+  }
+
+  /** Registered servers that are down, with how long they have been silent. */
+  downMembers(): DownServer[] {
+    const now = this.now();
+    const down: DownServer[] = [];
+    for (const member of this.members.values()) if (!this.isUp(member.id)) down.push({ id: member.id, silentMs: now - lastSign(member) });
+    return down;
+  }
+
   isRegistered(id: string): boolean {
     return this.members.has(id);
   }
@@ -291,10 +305,19 @@ export class Cluster {
     return { primary: primary.id, replicas: others.slice(0, this.replication - 1).map((c) => c.id) };
   }
 
-  /** The server that takes writes of a file: its primary, when up. */
-  writer(name: string, copies: CopySet): string {
+  /**
+   * The server that takes writes of a file: its primary, when up. `failoverAfterMs`, when given,
+   * says in the error when a replica is due to take over.
+   */
+  writer(name: string, copies: CopySet, failoverAfterMs?: number): string {
     if (!this.isUp(copies.primary)) {
-      throw new DfsError('UNAVAILABLE', `the primary of ${name}, server ${copies.primary}, is down; writes resume when it comes back`);
+      const inSync = copies.replicas.some((id) => this.isReadable(id, name));
+      const silent = this.silentMs(copies.primary);
+      const next =
+        failoverAfterMs !== undefined && inSync
+          ? `an in-sync replica takes over ${silent === null ? 'shortly' : `in about ${Math.max(0, Math.ceil((failoverAfterMs - silent) / 1000))} s`}`
+          : 'writes resume when it comes back (no in-sync replica can take over)';
+      throw new DfsError('UNAVAILABLE', `the primary of ${name}, server ${copies.primary}, is down; ${next}`);
     }
     return copies.primary;
   }

@@ -194,6 +194,11 @@ export class FileTable {
     return this.entries.has(name);
   }
 
+  /** Every file, in no particular order. */
+  files(): IterableIterator<[string, FileEntry]> {
+    return this.entries.entries();
+  }
+
   /** The URL the table's rows give for a server. */
   urlOf(id: string): string | undefined {
     return this.urls.get(id);
@@ -242,8 +247,8 @@ export class FileTable {
   }
 
   /**
-   * Gives files new primaries and replicas, each at the next placement epoch, in memory at once
-   * and in one journal append (one fsync) for the whole call. A change applies only if its file
+   * Gives files new primaries and replicas, each at the next placement epoch, in one journal
+   * append (one fsync) for the whole call, and in memory only once that is durable. A change applies only if its file
    * still exists at that `epoch` and `placementEpoch` (changes are applied in order, so a second
    * change of one file in a call must name the placement epoch the first gives); the others get
    * null and write nothing. Resolves, in the order given, once the changes are durable. Throws
@@ -253,20 +258,30 @@ export class FileTable {
     this.assertWritable();
     for (const change of changes) assertDistinctServers(change.name, change.primary, change.replicas);
     const records: JournalRecord[] = [];
-    const results = changes.map(({ name, epoch, placementEpoch, primary, replicas }): FileEntry | null => {
-      const old = this.entries.get(name);
+    const decided = new Map<string, { from: Entry; to: Entry }>();
+    const planned = changes.map(({ name, epoch, placementEpoch, primary, replicas }): Entry | null => {
+      const old = decided.get(name)?.to ?? this.entries.get(name);
       if (!old || old.epoch !== epoch || old.placementEpoch !== placementEpoch) return null;
-      // A new object: entries handed out before keep describing the placement they were given with.
       const entry: Entry = { epoch, placementEpoch: placementEpoch + 1, primary: primary.id, replicas: replicas.map((r) => r.id) };
-      this.countCopies(old, -1);
-      this.entries.set(name, entry);
-      this.countCopies(entry, 1);
+      decided.set(name, { from: decided.get(name)?.from ?? this.entries.get(name)!, to: entry });
       for (const ref of [primary, ...replicas]) this.urls.set(ref.id, ref.url);
       records.push(...placementRecords(name, entry, primary, replicas));
       return entry;
     });
-    if (records.length > 0) await this.persist(records);
-    return results;
+    if (records.length === 0) return planned.map(() => null);
+    await this.persist(records);
+    // Only now, durable, does anyone see the new placements (no write goes to a new primary
+    // before its table row is on disk). A file deleted meanwhile stays deleted: its remove was
+    // journaled after these rows, and replays after them too.
+    const applied = new Set<string>();
+    for (const [name, { from, to }] of decided) {
+      if (this.entries.get(name) !== from) continue;
+      this.countCopies(from, -1);
+      this.entries.set(name, to);
+      this.countCopies(to, 1);
+      applied.add(name);
+    }
+    return planned.map((entry, i) => (entry && applied.has(changes[i]!.name) ? entry : null));
   }
 
   /** Removes a file; resolves with what it was once the change is durable. NOT_FOUND if unknown. */

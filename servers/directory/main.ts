@@ -24,6 +24,9 @@ ${COMMON_USAGE}
                        (default $DFS_LOCK_URL, else ${DEFAULT_LOCK_URL})
   --replication N      copies of each new file, primary included (default ${DEFAULT_REPLICATION})
   --down-after-ms N    a file server silent this long is marked down (default ${DEFAULT_DOWN_AFTER_MS})
+  --failover-after-ms N
+                       a primary silent this long is replaced by an in-sync replica
+                       (default: the --down-after-ms value)
   -h, --help           show this help`;
 
 const args = parseServiceArgs(process.argv.slice(2), {
@@ -34,16 +37,18 @@ const args = parseServiceArgs(process.argv.slice(2), {
     lock: { type: 'string' },
     replication: { type: 'string' },
     'down-after-ms': { type: 'string' },
+    'failover-after-ms': { type: 'string' },
   },
 });
 
-function settings(): { lockUrl: string; replication: number; downAfterMs: number } {
+function settings(): { lockUrl: string; replication: number; downAfterMs: number; failoverAfterMs: number } {
   const { values } = args;
   const lockUrl = typeof values.lock === 'string' ? values.lock : (process.env.DFS_LOCK_URL ?? DEFAULT_LOCK_URL);
   if (!wsUrl.safeParse(lockUrl).success) throw new UsageError(`--lock must be a ws://host:port URL, not ${JSON.stringify(lockUrl)}`);
   const replication = typeof values.replication === 'string' ? parsePositiveInt(values.replication, '--replication', 16) : DEFAULT_REPLICATION;
   const downAfterMs = typeof values['down-after-ms'] === 'string' ? parsePositiveInt(values['down-after-ms'], '--down-after-ms', 3_600_000) : DEFAULT_DOWN_AFTER_MS;
-  return { lockUrl, replication, downAfterMs };
+  const failoverAfterMs = typeof values['failover-after-ms'] === 'string' ? parsePositiveInt(values['failover-after-ms'], '--failover-after-ms', 86_400_000) : downAfterMs;
+  return { lockUrl, replication, downAfterMs, failoverAfterMs };
 }
 
 let extra: ReturnType<typeof settings>;

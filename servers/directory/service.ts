@@ -27,6 +27,7 @@ import {
 import { RpcServer, op, type Handlers } from '../../shared/rpc.js';
 import type { RunningService } from '../../shared/service.js';
 import { Cluster, compareIds } from './cluster.js';
+import { Failover } from './failover.js';
 import { FileTable, type FileEntry } from './file-table.js';
 
 export const DEFAULT_LIST_LIMIT = 1000;
@@ -40,6 +41,8 @@ export interface DirectoryOptions {
   lockUrl: string;
   replication: number;
   downAfterMs: number;
+  /** A primary silent this long is replaced by an in-sync replica (default: downAfterMs). */
+  failoverAfterMs?: number;
   log: Logger;
   /** Called if the table can no longer be saved; the process should stop. */
   onFatal?: (err: Error) => void;
@@ -54,6 +57,7 @@ export interface DirectoryService extends RunningService {
   readonly port: number;
   readonly table: FileTable;
   readonly cluster: Cluster;
+  readonly failover: Failover;
 }
 
 export async function startDirectory(options: DirectoryOptions): Promise<DirectoryService> {
@@ -64,13 +68,15 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     onFailure: (err) => options.onFatal?.(err),
   });
   const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs });
+  const refOf = serverRefs(table, cluster);
+  const failover = new Failover(table, cluster, refOf, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
   const server = new RpcServer({
     host: options.host,
     port: options.port,
     log,
     maxMessageBytes: options.maxMessageBytes,
     ...options.connections,
-    handlers: directoryHandlers(table, cluster, options),
+    handlers: directoryHandlers(table, cluster, options, failover),
   });
   try {
     await server.listen();
@@ -79,8 +85,18 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     throw err;
   }
 
-  const sweepTimer = setInterval(() => sweep(cluster, log), Math.max(20, Math.min(250, Math.floor(options.downAfterMs / 4))));
-  log.info('listening', { url: server.url, files: table.size, replication: options.replication, lock: options.lockUrl, downAfterMs: options.downAfterMs });
+  const sweepTimer = setInterval(() => {
+    sweep(cluster, log);
+    failover.tick();
+  }, Math.max(20, Math.min(250, Math.floor(options.downAfterMs / 4))));
+  log.info('listening', {
+    url: server.url,
+    files: table.size,
+    replication: options.replication,
+    lock: options.lockUrl,
+    downAfterMs: options.downAfterMs,
+    failoverAfterMs: failover.failoverAfterMs,
+  });
 
   let closing: Promise<void> | null = null;
   return {
@@ -88,9 +104,12 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     port: server.port,
     table,
     cluster,
+    failover,
     close() {
       closing ??= (async () => {
         clearInterval(sweepTimer);
+        await failover.idle();
+        failover.close();
         await server.close();
         await table.close();
         log.info('file table saved', { files: table.size });
@@ -106,15 +125,19 @@ function sweep(cluster: Cluster, log: Logger): void {
   }
 }
 
-export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions): Handlers {
-  const { log } = options;
+/** The registry's URL wins over the table's: it is what the server said most recently. */
+function serverRefs(table: FileTable, cluster: Cluster): (id: string) => ServerRef {
+  return (id) => ({ id, url: cluster.urlOf(id) ?? table.urlOf(id) ?? '' });
+}
 
-  /** The registry's URL wins over the table's: it is what the server said most recently. */
-  const refOf = (id: string): ServerRef => ({ id, url: cluster.urlOf(id) ?? table.urlOf(id) ?? '' });
+export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions, failover: Failover): Handlers {
+  const { log } = options;
+  const refOf = serverRefs(table, cluster);
 
   const placementOf = (name: string, entry: FileEntry): Placement => ({
     name,
     epoch: entry.epoch,
+    placementEpoch: entry.placementEpoch,
     primary: refOf(entry.primary),
     replicas: entry.replicas.map(refOf),
   });
@@ -141,8 +164,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
 
     locate: op(directoryOps.locate, ({ name, for: purpose }): LocateResult => {
       const entry = entryOf(name);
-      const chosen = purpose === 'write' ? { id: cluster.writer(name, entry), role: 'primary' as const } : cluster.reader(name, entry);
-      return { name, epoch: entry.epoch, server: refOf(chosen.id), role: chosen.role };
+      const chosen = purpose === 'write' ? { id: cluster.writer(name, entry, failover.failoverAfterMs), role: 'primary' as const } : cluster.reader(name, entry);
+      return { name, epoch: entry.epoch, placementEpoch: entry.placementEpoch, server: refOf(chosen.id), role: chosen.role };
     }),
 
     placement: op(directoryOps.placement, ({ name }): PlacementResult => {
@@ -183,7 +206,22 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
           behindFiles: cluster.behindCount(id),
         };
       });
-      return { servers, files: table.size, replication: cluster.replication, lockUrl: options.lockUrl, rejectedRows: table.rejectedAtLoad };
+      let underReplicated = 0;
+      for (const [name, entry] of table.files()) {
+        let inSync = cluster.isUp(entry.primary) && !cluster.isSyncing(entry.primary) ? 1 : 0;
+        for (const id of entry.replicas) if (cluster.isReadable(id, name)) inSync++;
+        if (inSync < cluster.replication) underReplicated++;
+      }
+      return {
+        servers,
+        files: table.size,
+        replication: cluster.replication,
+        lockUrl: options.lockUrl,
+        rejectedRows: table.rejectedAtLoad,
+        underReplicated,
+        lastFailover: failover.last,
+        failoverAfterMs: failover.failoverAfterMs,
+      };
     }),
 
     register: op(directoryOps.register, async ({ id, url }, ctx): Promise<RegisterResult> => {
@@ -216,7 +254,14 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       // Each copy names its servers by id; their URLs go once per page, in `servers`.
       const copyOf = (name: string) => {
         const entry = table.get(name)!;
-        return { name, epoch: entry.epoch, role: entry.primary === id ? ('primary' as const) : ('replica' as const), primary: entry.primary, replicas: [...entry.replicas] };
+        return {
+          name,
+          epoch: entry.epoch,
+          placementEpoch: entry.placementEpoch,
+          role: entry.primary === id ? ('primary' as const) : ('replica' as const),
+          primary: entry.primary,
+          replicas: [...entry.replicas],
+        };
       };
       // A copy's size counts the URLs of servers the page has not named yet. The copy that
       // overflows the page may leave its servers in the map: a few hundred bytes, within the margin.
@@ -249,13 +294,20 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    behind: op(directoryOps.behind, ({ id, names }): BehindResult => {
+    behind: op(directoryOps.behind, ({ id, by, names }): BehindResult => {
       let marked = 0;
       let ignored = 0;
+      let refused = 0;
       let fresh = 0;
       for (const name of names) {
+        const entry = table.get(name);
+        // A report from a server that lost the primary role (failover) must not let its write count.
+        if (entry && by !== id && entry.primary !== by) {
+          refused++;
+          continue;
+        }
         // Only replica copies can be behind: reads fall back to a primary whatever its marks.
-        if (!(table.get(name)?.replicas.includes(id) ?? false)) {
+        if (!(entry?.replicas.includes(id) ?? false)) {
           ignored++;
           continue;
         }
@@ -264,7 +316,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       }
       if (fresh > 0) log.info('copies marked behind', { id, names: fresh, first: names[0], behindFiles: cluster.behindCount(id) });
       else if (marked > 0) log.debug('copies marked behind again', { id, names: marked });
-      return { markSeq: cluster.currentMarkSeq, marked, ignored };
+      if (refused > 0) log.info('refused behind marks from a server that is not the primary', { id, by, names: refused, first: names[0] });
+      return { markSeq: cluster.currentMarkSeq, marked, ignored, refused };
     }),
   } satisfies Record<keyof typeof directoryOps, unknown>;
 }

@@ -34,7 +34,7 @@ export async function copyFrom(store: FileStore, conn: RpcConnection, holding: H
   const staged = await store.stage(holding.name, holding.epoch, meta.version, 'replace');
   try {
     await staged.writeAll(res.stream, res.body);
-    const header = await staged.seal({ mtime: meta.mtime, token: 0, requestId: '' });
+    const header = await staged.seal({ mtime: meta.mtime, token: 0, requestId: '', placementEpoch: 0 });
     if (header.sha256 !== meta.sha256 || header.size !== meta.size) throw new DfsError('CHECKSUM', `fetched content of ${holding.name} does not match its sha256`);
     await store.commit(staged, header);
   } catch (err) {

@@ -56,10 +56,21 @@ export class PrimaryWrites {
     if (args.size > s.maxFileBytes) throw new DfsError('TOO_LARGE', `${args.size} bytes is over this server's ${s.maxFileBytes}-byte file limit`);
     if (!ctx.stream && (ctx.body?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${ctx.body?.length ?? 0} were sent`);
     watchProgress(ctx.stream, s.stallTimeoutMs);
-    const holding = await s.holdings.lookup(args.name, args.epoch);
-    if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${s.id} is not the primary for ${args.name}; its primary is ${holding.primary.id} at ${holding.primary.url}`);
+    let holding = await s.holdings.lookup(args.name, args.epoch, args.placementEpoch);
+    // The client was sent here by the directory: a role this server does not know yet may be new.
+    if (!s.holdings.isWritablePrimary(holding)) holding = await s.holdings.refresh(args.name, args.epoch);
+    this.requirePrimary(holding);
     await this.validateToken(args.name, args.token);
     return s.mutex.run(args.name, () => this.apply(args, ctx, holding));
+  }
+
+  /** NOT_PRIMARY unless this server may take writes of the file now (the primary, not fenced). */
+  private requirePrimary(holding: Holding): void {
+    const s = this.server;
+    if (s.holdings.isWritablePrimary(holding)) return;
+    const now = s.holdings.get(holding.name) ?? holding;
+    if (s.holdings.isFenced(holding.name)) throw new DfsError('NOT_PRIMARY', `${holding.name} is changing primary (placement epoch ${now.placementEpoch}); locate it again`);
+    throw new DfsError('NOT_PRIMARY', `${s.id} is not the primary for ${holding.name}; its primary is ${now.primary.id} at ${now.primary.url}`);
   }
 
   /** STALE_TOKEN unless `token` is the grant in force on `name`. */
@@ -72,6 +83,7 @@ export class PrimaryWrites {
     const s = this.server;
     const { name } = args;
     if (s.holdings.get(name)?.epoch !== holding.epoch) throw new DfsError('NOT_FOUND', `${name} was deleted while this write waited its turn`);
+    this.requirePrimary(holding);
     const justReconciled = await this.reconcile(holding);
     const current = s.store.metaFor(name, holding.epoch);
     if (current.requestId === args.requestId) {
@@ -83,8 +95,7 @@ export class PrimaryWrites {
     }
     if (args.token < current.token) throw new DfsError('STALE_TOKEN', `token ${args.token} is older than the one that wrote v${current.version} of ${name}`);
     crashPoint('write:before-stage', name, this.log);
-    // Above any version lost with a damaged copy here: a number once given is never reused.
-    const version = Math.max(current.version, s.store.lostVersion(name)) + 1;
+    const version = nextVersion(current, s.store.lostVersion(name), holding.placementEpoch);
     const mtime = Date.now();
     // Replicas start staging first: they are a round trip away, the local disk is not.
     const transfers = startReplication(s.replicator, { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: s.id, body: ctx.body });
@@ -101,7 +112,10 @@ export class PrimaryWrites {
       if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
       endReplicaStreams(transfers);
       // The lock may have been lost while the content came in: check again before anything commits.
-      const [sealed, checked] = await Promise.allSettled([staged.seal({ mtime, token: args.token, requestId: args.requestId }), this.validateToken(name, args.token)]);
+      const [sealed, checked] = await Promise.allSettled([
+        staged.seal({ mtime, token: args.token, requestId: args.requestId, placementEpoch: holding.placementEpoch }),
+        this.validateToken(name, args.token),
+      ]);
       if (checked.status === 'rejected') throw checked.reason;
       if (sealed.status === 'rejected') throw sealed.reason;
       header = sealed.value;
@@ -111,15 +125,43 @@ export class PrimaryWrites {
       await staged.discard();
       throw error;
     }
-    const skipped = await finishReplication(s.replicator, transfers, { name, epoch: holding.epoch, version, sha256: header.sha256, from: s.id }, async () => {
-      crashPoint('write:after-stage', name, this.log);
-      await s.store.commit(staged, header);
-    });
+    let skipped: ServerRef[];
+    try {
+      skipped = await finishReplication(s.replicator, transfers, { name, epoch: holding.epoch, placementEpoch: holding.placementEpoch, version, sha256: header.sha256, from: s.id }, async () => {
+        crashPoint('write:after-stage', name, this.log);
+        // The last moment to find out this server lost the role (fenced, or a replica refused).
+        this.requirePrimary(holding);
+        await s.store.commit(staged, header);
+      });
+    } catch (err) {
+      await staged.discard();
+      throw this.onLostRole(holding, err);
+    }
     s.counters.writes++;
     s.counters.contentBytesReceived += args.size;
-    for (const replica of skipped) await s.reportBehind(name, replica.id);
+    try {
+      for (const replica of skipped) await s.reportBehind(name, replica.id);
+    } catch (err) {
+      // Committed here but not acknowledged: the next write reconciles again before it goes on,
+      // so no second version is built on this one while a replica may lack it unmarked.
+      this.reconciled.delete(name);
+      throw this.onLostRole(holding, err);
+    }
     crashPoint('write:before-ack', name, this.log);
     return { name, epoch: holding.epoch, version, size: header.size, sha256: header.sha256, skipped: skipped.map((r) => r.id) };
+  }
+
+  /**
+   * A replica that refused with STALE_EPOCH knows a newer placement of the file: this server is
+   * no longer (only) its primary. The holding is refreshed and the write fails with NOT_PRIMARY,
+   * so the client locates the file again.
+   */
+  private onLostRole(holding: Holding, err: unknown): DfsError {
+    const error = toDfsError(err);
+    if (error.code !== 'STALE_EPOCH' && error.code !== 'NOT_PRIMARY') return error;
+    this.reconciled.delete(holding.name);
+    void this.server.holdings.lookup(holding.name, holding.epoch, holding.placementEpoch + 1).catch(() => {});
+    return new DfsError('NOT_PRIMARY', `${this.server.id} is no longer the primary of ${holding.name} (${error.message}); locate it again`);
   }
 
   /** Takes the content into the staged file and the replica streams; returns its size. */
@@ -163,7 +205,11 @@ export class PrimaryWrites {
     const { name } = holding;
     let mine = s.store.metaFor(name, holding.epoch);
     let answers = await this.replicaVersions(holding);
-    const newest = answers.reduce<{ replica: ServerRef; version: number } | null>((best, a) => {
+    // A copy just made primary by failover was chosen as the newest in-sync one: a replica that is
+    // further ahead holds only what the old primary never acknowledged (and may be this very
+    // write, retried), so it is marked behind, not copied.
+    const newPrimary = holding.placementEpoch > 1 && mine.placementEpoch < holding.placementEpoch && !s.store.isDamaged(name);
+    const newest = newPrimary ? null : answers.reduce<{ replica: ServerRef; version: number } | null>((best, a) => {
       const v = a.theirs && a.theirs.epoch === holding.epoch ? a.theirs.version : -1;
       return v > mine.version && v > (best?.version ?? -1) ? { replica: a.replica, version: v } : best;
     }, null);
@@ -213,6 +259,18 @@ export class PrimaryWrites {
 }
 
 type RemoteVersion = VersionsResult['files'][number];
+
+/**
+ * The number of the next version. Above any version lost with a damaged copy here, so that a
+ * number once given is never reused; and the first write of a new primary (the file's placement
+ * epoch is newer than the one its current version was written under) skips one number, since the
+ * old primary may have committed the next one, unacknowledged, before it lost the role
+ * (docs/PROTOCOL.md, "Failover").
+ */
+export function nextVersion(current: VersionHeader, lostVersion: number, placementEpoch: number): number {
+  const newPrimary = placementEpoch > 1 && current.placementEpoch < placementEpoch;
+  return Math.max(current.version, lostVersion) + (newPrimary ? 2 : 1);
+}
 
 /** Whether a replica's answer says it holds `version` (no answer never agrees; no copy agrees with version 0). */
 function agrees(version: VersionHeader, theirs: RemoteVersion | undefined | null): boolean {

@@ -82,7 +82,7 @@ export function startReplication(r: Replicator, request: ReplicationRequest): Re
   const { holding, version, baseVersion, mode, size, mtime, from, body } = request;
   return holding.replicas.map((replica) => {
     const pipe = body === undefined ? new ChunkPipe() : null;
-    const args = { name: holding.name, epoch: holding.epoch, version, baseVersion, mode, size, from, mtime };
+    const args = { name: holding.name, epoch: holding.epoch, version, baseVersion, mode, size, from, placementEpoch: holding.placementEpoch, mtime };
     const prepared = callReplica(r, replica.url, 'rep.write', args, pipe ? { stream: pipe } : { body }).then(
       (res: Response) => res.result as PreparedResult,
       (err: unknown) => {
@@ -116,10 +116,13 @@ export function abortReplicas(transfers: ReplicaTransfer[], err: DfsError): void
 export async function finishReplication(
   r: Replicator,
   transfers: ReplicaTransfer[],
-  expected: { name: string; epoch: number; version: number; sha256: string; from: string },
+  expected: { name: string; epoch: number; placementEpoch: number; version: number; sha256: string; from: string },
   commitLocal: () => Promise<void>,
 ): Promise<ServerRef[]> {
   const outcomes = await Promise.all(transfers.map((t) => t.prepared));
+  // A replica that knows a newer placement fences this primary off: nothing is committed.
+  const fenced = outcomes.find((o): o is DfsError => o instanceof DfsError && (o.code === 'STALE_EPOCH' || o.code === 'NOT_PRIMARY'));
+  if (fenced) throw fenced;
   const skipped: ServerRef[] = [];
   const ready: ServerRef[] = [];
   outcomes.forEach((outcome, i) => {
@@ -133,7 +136,7 @@ export async function finishReplication(
   await commitLocal();
   crashPoint('write:after-primary-commit', expected.name, r.log);
   const commit = (replica: ServerRef) =>
-    callReplica(r, replica.url, 'rep.commit', { name: expected.name, epoch: expected.epoch, version: expected.version, from: expected.from }).then(
+    callReplica(r, replica.url, 'rep.commit', { name: expected.name, epoch: expected.epoch, version: expected.version, from: expected.from, placementEpoch: expected.placementEpoch }).then(
       () => null,
       (err: unknown) => {
         r.log.debug('replica did not commit', { name: expected.name, replica: replica.id, error: toDfsError(err).message });

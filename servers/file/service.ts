@@ -17,6 +17,8 @@ import {
   type FileServerStatus,
   type Holding,
   type HoldingsResult,
+  type BehindResult,
+  type PlacementAppliedResult,
   type InfoResult,
   type ReadResult,
   type RegisterResult,
@@ -221,10 +223,19 @@ export class FileServer {
     this.options.log.debug('replica marked behind', { name, replica: replicaId });
   }
 
-  /** Marks server `replicaId`'s copies of `names` behind, in pages the frame limits allow. */
+  /**
+   * Marks server `replicaId`'s copies of `names` behind, in pages the frame limits allow.
+   * NOT_PRIMARY when the directory refuses a report because this server is no longer the
+   * primary of one of the files: whatever that report was for must not be acknowledged.
+   */
   async reportBehindMany(replicaId: string, names: readonly string[]): Promise<void> {
     const conn = await this.directory();
-    for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: replicaId, names: batch });
+    for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) {
+      const answer = (await conn.call('behind', { id: replicaId, by: this.id, names: batch })).result as BehindResult;
+      if (answer.refused > 0) {
+        throw new DfsError('NOT_PRIMARY', `the directory refused to mark ${replicaId}'s copies behind: ${this.id} is no longer the primary of ${answer.refused === 1 && batch.length === 1 ? batch[0] : `${answer.refused} of those files`}`);
+      }
+    }
   }
 
   async lockService(): Promise<RpcConnection> {
@@ -255,6 +266,8 @@ export class FileServer {
       'rep.write': op(fileOps['rep.write'], (args, ctx) => this.replicas.write(args, ctx)),
       'rep.commit': op(fileOps['rep.commit'], (args) => this.replicas.commit(args)),
       'rep.delete': op(fileOps['rep.delete'], (args) => this.replicas.remove(args)),
+      'rep.fence': op(fileOps['rep.fence'], (args) => this.replicas.fence(args)),
+      'rep.placement': op(fileOps['rep.placement'], (args) => this.adoptPlacements(args)),
       versions: op(fileOps.versions, (args): VersionsResult => {
         const files: VersionsResult['files'] = [];
         for (const name of args.names) {
@@ -272,6 +285,35 @@ export class FileServer {
         return this.contentReply(holding, args.name, false, ctx);
       }),
     };
+  }
+
+  /**
+   * New placements from the directory (a failover or re-replication changed them). A copy that
+   * stops being the primary is not served until a catch-up checks it (the directory marks it
+   * behind); one that becomes the primary reconciles with its replicas before its first write.
+   */
+  private adoptPlacements(args: FileArgs['rep.placement']): PlacementAppliedResult {
+    let applied = 0;
+    let becamePrimary = 0;
+    for (const holding of holdingsOf(args)) {
+      if (holding.primary.id !== this.id && !holding.replicas.some((r) => r.id === this.id)) {
+        // No longer assigned here: dropped (to orphaned/) at the next full catch-up.
+        this.holdings.forget(holding.name);
+        this.writes.forget(holding.name);
+        applied++;
+        continue;
+      }
+      const role: Holding['role'] = holding.primary.id === this.id ? 'primary' : 'replica';
+      const before = this.holdings.adopt({ ...holding, role });
+      if (before === undefined) continue;
+      applied++;
+      this.writes.forget(holding.name);
+      if (role === 'replica' && before?.role === 'primary') this.suspect.add(holding.name);
+      if (role === 'primary' && before?.role !== 'primary') becamePrimary++;
+      this.options.log.debug('placement changed', { name: holding.name, placementEpoch: holding.placementEpoch, primary: holding.primary.id, was: before?.role });
+    }
+    if (applied > 0) this.options.log.info('took new placements from the directory', { files: applied, nowPrimary: becamePrimary || undefined });
+    return { applied };
   }
 
   private async read(args: FileArgs['read'], ctx: CallContext): Promise<unknown> {
@@ -362,8 +404,9 @@ export class FileServer {
 
   private async remove(args: FileArgs['delete']): Promise<{ deleted: true }> {
     if (this.stopping) throw new DfsError('UNAVAILABLE', `server ${this.id} is shutting down`);
-    const holding = await this.holdings.lookup(args.name, args.epoch);
-    if (holding.role !== 'primary') throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name}; its primary is ${holding.primary.id}`);
+    let holding = await this.holdings.lookup(args.name, args.epoch);
+    if (!this.holdings.isWritablePrimary(holding)) holding = await this.holdings.refresh(args.name, args.epoch);
+    if (!this.holdings.isWritablePrimary(holding)) throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name} now; its primary is ${holding.primary.id}; locate it again`);
     await this.writes.validateToken(args.name, args.token);
     return this.mutex.run(args.name, async () => {
       const conn = await this.directory();
@@ -375,7 +418,7 @@ export class FileServer {
       await this.store.remove(args.name);
       await Promise.all(
         holding.replicas.map((replica) =>
-          callReplica(this.replicator, replica.url, 'rep.delete', { name: args.name, epoch: holding.epoch, from: this.id })
+          callReplica(this.replicator, replica.url, 'rep.delete', { name: args.name, epoch: holding.epoch, from: this.id, placementEpoch: holding.placementEpoch })
             .catch((err: unknown) => this.options.log.info('replica will drop the file when it catches up', { name: args.name, replica: replica.id, error: toDfsError(err).message })),
         ),
       );

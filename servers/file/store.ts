@@ -117,7 +117,7 @@ export class StagedVersion {
   }
 
   /** Writes the header and makes the temp file durable. The version is not current until committed. */
-  async seal(fields: { mtime: number; token: number; requestId: string }): Promise<VersionHeader> {
+  async seal(fields: { mtime: number; token: number; requestId: string; placementEpoch: number }): Promise<VersionHeader> {
     const header: VersionHeader = {
       name: this.name,
       epoch: this.epoch,
@@ -293,7 +293,7 @@ export class FileStore {
   metaFor(name: string, epoch: number): VersionHeader {
     const stored = this.index.get(name);
     if (stored && stored.epoch === epoch) return stored;
-    return { name, epoch, version: 0, size: 0, sha256: EMPTY_SHA256, mtime: 0, token: 0, requestId: '' };
+    return { name, epoch, version: 0, size: 0, sha256: EMPTY_SHA256, mtime: 0, token: 0, requestId: '', placementEpoch: 1 };
   }
 
   /**

@@ -20,6 +20,11 @@ export interface VersionHeader extends FileMeta {
   token: number;
   /** The client's id for the write, so a retried write is recognised and not applied twice. */
   requestId: string;
+  /**
+   * The placement epoch of the file when its primary wrote this version; 0 when not known (a
+   * copy fetched from a peer). Headers written before placement epochs existed read as 1.
+   */
+  placementEpoch: number;
 }
 
 /** The metadata a client sees: the header without the write's token and request id. */
@@ -59,6 +64,7 @@ export function decodeHeader(buf: Buffer): VersionHeader {
   if (length > HEADER_BYTES - 8 || 8 + length > buf.length) throw new Error('corrupt version header length');
   const parsed = JSON.parse(buf.toString('utf8', 8, 8 + length)) as Partial<VersionHeader>;
   const { name, epoch, version, size, sha256, mtime, token, requestId } = parsed;
+  const placementEpoch = parsed.placementEpoch ?? 1;
   if (
     typeof name !== 'string' ||
     typeof epoch !== 'number' ||
@@ -67,9 +73,10 @@ export function decodeHeader(buf: Buffer): VersionHeader {
     typeof sha256 !== 'string' ||
     typeof mtime !== 'number' ||
     typeof token !== 'number' ||
-    typeof requestId !== 'string'
+    typeof requestId !== 'string' ||
+    typeof placementEpoch !== 'number'
   ) {
     throw new Error('corrupt version header fields');
   }
-  return { name, epoch, version, size, sha256, mtime, token, requestId };
+  return { name, epoch, version, size, sha256, mtime, token, requestId, placementEpoch };
 }

@@ -25,6 +25,8 @@ export interface ClusterOptions {
   logLevel?: string;
   /** Extra flags for every file server. */
   fileServerArgs?: string[];
+  /** Extra flags for the directory. */
+  directoryArgs?: string[];
   /** Runs once the folders and ports are chosen, before any process starts (to lay down data). */
   prepare?: (layout: ClusterLayout) => Promise<void>;
   /** How long to wait for the file servers to be in sync at start. */
@@ -58,6 +60,7 @@ export class Cluster {
       downAfterMs: options.downAfterMs ?? 1500,
       logLevel: options.logLevel ?? 'info',
       fileServerArgs: options.fileServerArgs ?? [],
+      directoryArgs: options.directoryArgs ?? [],
       syncTimeoutMs: options.syncTimeoutMs ?? 15_000,
     });
     cluster.lockUrl = `ws://127.0.0.1:${await freePort()}`;
@@ -92,6 +95,7 @@ export class Cluster {
       '--replication', String(this.options.replication),
       '--down-after-ms', String(this.options.downAfterMs),
       '--log-level', this.options.logLevel,
+      ...this.options.directoryArgs,
     ]);
     await this.directory.waitForLine(/listening/);
   }

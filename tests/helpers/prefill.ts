@@ -50,7 +50,7 @@ export async function prefillCluster(layout: ClusterLayout, files: number, nameO
     const name = nameOf(i);
     const epoch = i + 1;
     const content = contentOf(name, 1);
-    const header = encodeHeader({ name, epoch, version: 1, size: content.length, sha256: createHash('sha256').update(content).digest('hex'), mtime: Date.now(), token: 0, requestId: '' });
+    const header = encodeHeader({ name, epoch, version: 1, size: content.length, sha256: createHash('sha256').update(content).digest('hex'), mtime: Date.now(), token: 0, requestId: '', placementEpoch: 1 });
     const file = versionFileName(nameKey(name), epoch, 1);
     const bytes = Buffer.concat([header, content]);
     await Promise.all(layout.servers.map((server) => writeFile(join(server.data, 'store', file), bytes)));
