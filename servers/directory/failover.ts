@@ -78,6 +78,8 @@ export function choosePrimary(answers: readonly Candidate[], primariesOf: (id: s
 export class Failover {
   private readonly peers: ConnectionPool;
   private running: Promise<void> | null = null;
+  /** Files whose primary is being changed: file name → the primary being replaced. */
+  private readonly changing = new Map<string, string>();
   private lastRecord: FailoverRecord | null = null;
   /** Servers whose last round left files stuck: retried no sooner than this. */
   private readonly retryAt = new Map<string, number>();
@@ -89,6 +91,15 @@ export class Failover {
     private readonly options: FailoverOptions,
   ) {
     this.peers = new ConnectionPool({ retryAfterMs: 500, connectTimeoutMs: 2000, log: options.log });
+  }
+
+  /**
+   * Whether `server` is a primary losing `name` right now. From the fence until the new
+   * placement is durable, its `behind` marks are refused: a mark accepted then could let it
+   * acknowledge a write that the replica chosen to replace it lacks.
+   */
+  isBeingReplaced(name: string, server: string): boolean {
+    return this.changing.size > 0 && this.changing.get(name) === server;
   }
 
   get failoverAfterMs(): number {
@@ -127,9 +138,18 @@ export class Failover {
 
   private async promoteFrom(victim: string): Promise<void> {
     const started = Date.now();
-    const { log } = this.options;
     const files: Array<[string, FileEntry]> = [];
     for (const [name, entry] of this.table.files()) if (entry.primary === victim) files.push([name, entry]);
+    for (const [name] of files) this.changing.set(name, victim);
+    try {
+      await this.changePrimaries(victim, files, started);
+    } finally {
+      for (const [name] of files) if (this.changing.get(name) === victim) this.changing.delete(name);
+    }
+  }
+
+  private async changePrimaries(victim: string, files: Array<[string, FileEntry]>, started: number): Promise<void> {
+    const { log } = this.options;
 
     // 1. Fence each file's in-sync replicas, per server, and collect their versions.
     const byServer = new Map<string, Array<[string, FileEntry]>>();
@@ -178,7 +198,9 @@ export class Failover {
     const changes: Array<{ name: string; epoch: number; placementEpoch: number; primary: ServerRef; replicas: ServerRef[] }> = [];
     const chosen = new Map<string, { to: string; version: number }>();
     for (const [name, entry] of files) {
-      const to = choosePrimary(answers.get(name) ?? [], primariesOf);
+      // A replica marked behind after the round began (by the old primary, before the fence
+      // reached it) is no candidate.
+      const to = choosePrimary((answers.get(name) ?? []).filter((a) => this.cluster.isReadable(a.id, name)), primariesOf);
       if (to === null) continue;
       primaries.set(to, primariesOf(to) + 1);
       const replicas = [...entry.replicas.filter((id) => id !== to), victim];

@@ -302,7 +302,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       for (const name of names) {
         const entry = table.get(name);
         // A report from a server that lost the primary role (failover) must not let its write count.
-        if (entry && by !== id && entry.primary !== by) {
+        if (entry && by !== id && (entry.primary !== by || failover.isBeingReplaced(name, by))) {
           refused++;
           continue;
         }
