@@ -32,6 +32,10 @@ commands:
   status                 file servers (up/down, in sync/behind, last heartbeat) and locks held
   lock NAME -- CMD [ARGS...]
                          run CMD while holding NAME's write lock (like flock); exits with CMD's status
+  server drain ID        stop placing files on file server ID and move its copies to others
+  server undrain ID      let ID take new files again
+  server remove ID       forget ID (only once it holds no copies)
+  rebalance              move primaries toward an even spread over the live file servers
 
 options:
   --directory URL        the directory service (default $DFS_DIRECTORY, else ${DEFAULT_DIRECTORY_URL})
@@ -55,6 +59,8 @@ const COMMANDS: Record<string, string[]> = {
   stat: ['NAME'],
   status: [],
   lock: ['NAME'],
+  server: ['ACTION', 'ID'],
+  rebalance: [],
 };
 
 class UsageError extends Error {}
@@ -109,7 +115,9 @@ function parseInvocation(argv: string[]): Invocation {
   if (command === 'lock') {
     if (invocation.args.length !== 1 || dashes === -1 || afterDashes.length === 0) throw new UsageError('usage: dfs lock NAME -- COMMAND [ARGS...]');
   } else if (invocation.args.length < required || invocation.args.length > spec.length) {
-    throw new UsageError(`usage: dfs ${usage}`);
+    throw new UsageError(`usage: dfs ${command === 'server' ? 'server drain|undrain|remove ID' : usage}`);
+  } else if (command === 'server' && !['drain', 'undrain', 'remove'].includes(invocation.args[0]!)) {
+    throw new UsageError(`unknown server action ${JSON.stringify(invocation.args[0])}; usage: dfs server drain|undrain|remove ID`);
   }
   return invocation;
 }

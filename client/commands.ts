@@ -15,7 +15,7 @@ import { formatSize, ordinal, renderStat, renderStatus } from './format.js';
 import { progressBar } from './progress.js';
 import { INHERITED_LOCK_NAME, INHERITED_LOCK_TOKEN, openSession, writeCreating, type SessionOptions } from './session.js';
 
-export type CommandName = 'create' | 'write' | 'append' | 'cat' | 'put' | 'get' | 'ls' | 'rm' | 'stat' | 'status' | 'lock';
+export type CommandName = 'create' | 'write' | 'append' | 'cat' | 'put' | 'get' | 'ls' | 'rm' | 'stat' | 'status' | 'lock' | 'server' | 'rebalance';
 
 export interface CommandRequest {
   name: CommandName;
@@ -83,6 +83,20 @@ async function dispatch(client: DfsClient, request: CommandRequest): Promise<num
       return 0;
     case 'lock':
       return runLocked(client, first, request.command, request.session.lockTimeoutMs);
+    case 'server': {
+      const result = await client.server(first as 'drain' | 'undrain' | 'remove', second!);
+      const holds = `${result.files} cop${result.files === 1 ? 'y' : 'ies'}, ${result.primaries} as primary`;
+      if (first === 'drain') print(`draining ${result.id} (it holds ${holds}): it takes no new files and its copies move to other servers; dfs status shows progress, and dfs server remove ${result.id} works once it holds none`);
+      else if (first === 'undrain') print(`${result.id} takes new files again (it holds ${holds})`);
+      else print(`removed ${result.id} from the cluster`);
+      return 0;
+    }
+    case 'rebalance': {
+      const result = await client.rebalance();
+      const spread = Object.entries(result.primaries).map(([id, n]) => `${id} ${n}`).join(', ');
+      print(`moved ${result.moved} primar${result.moved === 1 ? 'y' : 'ies'}; primaries now: ${spread || 'no live servers'}`);
+      return 0;
+    }
   }
 }
 

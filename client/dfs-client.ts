@@ -29,8 +29,10 @@ import type {
   ListResult,
   LocateResult,
   LockStatusResult,
+  DrainResult,
   Placement,
   PlacementResult,
+  RebalanceResult,
   QueuedEvent,
   ReadResult,
   StatusResult,
@@ -248,6 +250,16 @@ export class DfsClient {
       locks = null; // the lock service is down; say so rather than fail the whole status
     }
     return { ...status, locks };
+  }
+
+  /** Operators: drain, undrain or remove a file server (docs/PROTOCOL.md, "Re-replication"). */
+  async server(action: 'drain' | 'undrain' | 'remove', id: string): Promise<DrainResult> {
+    return (await (await this.directory()).call(action, { id })).result as DrainResult;
+  }
+
+  /** Operators: move primaries toward an even spread over the live servers. */
+  async rebalance(): Promise<RebalanceResult> {
+    return (await (await this.directory()).call('rebalance', {}, { timeoutMs: 600_000 })).result as RebalanceResult;
   }
 
   async stat(name: string): Promise<StatOutcome> {

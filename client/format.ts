@@ -59,12 +59,17 @@ export function renderStatus(status: ClusterStatus, now = Date.now()): string {
     const stuck = f.stuck > 0 ? `; ${f.stuck} could not be (no in-sync replica)` : '';
     lines.push(`last failover: ${f.server} was silent; ${f.promoted} of its ${f.files} file${f.files === 1 ? '' : 's'} got a new primary ${formatAge(f.at, now)} (in ${f.ms} ms)${stuck}`);
   }
+  const rr = status.rereplication;
+  if (rr && (rr.copying > 0 || rr.lastRound)) {
+    const last = rr.lastRound ? `; last round: ${rr.lastRound.server} (${rr.lastRound.reason}) ${formatAge(rr.lastRound.at, now)}, ${rr.lastRound.newCopies} new copies${rr.lastRound.noTarget ? `, ${rr.lastRound.noTarget} files with no server to take one` : ''}` : '';
+    lines.push(`re-replication: ${rr.copying} cop${rr.copying === 1 ? 'y' : 'ies'} being made, ${rr.copied} made${last}`);
+  }
   if (status.servers.length > 0) {
     lines.push('');
     lines.push(
       table([
         ['SERVER', 'URL', 'STATE', 'SYNC', 'LAST HEARTBEAT', 'FILES', 'PRIMARY FOR', 'BEHIND'],
-        ...status.servers.map((s) => [s.id, s.url, s.state, s.sync, formatAge(s.lastHeartbeat, now), String(s.files), String(s.primaries), String(s.behindFiles)]),
+        ...status.servers.map((s) => [s.id, s.url, s.draining ? `${s.state}, draining` : s.state, s.sync, formatAge(s.lastHeartbeat, now), String(s.files), String(s.primaries), String(s.behindFiles)]),
       ]),
     );
   }

@@ -91,6 +91,14 @@ export const directoryOps = {
    * or `id` itself. A report by a server that is no longer a file's primary is refused.
    */
   behind: z.object({ id: serverId, by: serverId, names: z.array(fileName).min(1).max(10_000) }).strict(),
+  /** Operators: stop placing files on a server and move its copies away. */
+  drain: z.object({ id: serverId }).strict(),
+  /** Operators: take a server back (new files go to it again). */
+  undrain: z.object({ id: serverId }).strict(),
+  /** Operators: forget a server that holds no copies (drained, or never used). */
+  remove: z.object({ id: serverId }).strict(),
+  /** Operators: move primaries toward an even spread over the live servers. */
+  rebalance: z.object({}).strict(),
 } as const;
 
 export interface InfoResult {
@@ -132,6 +140,8 @@ export interface ServerStatus extends ServerRef {
   files: number;
   primaries: number;
   behindFiles: number;
+  /** Being drained: it takes no new files and its copies are moving away. */
+  draining?: boolean;
 }
 
 export interface StatusResult {
@@ -147,6 +157,39 @@ export interface StatusResult {
   lastFailover?: FailoverSummary | null;
   /** How long a primary may be silent before a replica takes over. */
   failoverAfterMs?: number;
+  rereplication?: RereplicationStatus;
+}
+
+export interface RereplicationStatus {
+  /** New copies assigned and not yet made (their servers are copying them). */
+  copying: number;
+  /** New copies made since the directory started. */
+  copied: number;
+  /** How long a server may be silent before its copies are made again elsewhere. */
+  replaceAfterMs: number;
+  lastRound: {
+    at: number;
+    server: string;
+    reason: 'down' | 'drained';
+    newCopies: number;
+    /** Copies dropped from the drained server once enough others were in sync. */
+    dropped: number;
+    /** Files for which no live server could take a new copy. */
+    noTarget: number;
+  } | null;
+}
+
+export interface DrainResult {
+  id: string;
+  /** Copies the server still holds, and how many of them as primary. */
+  files: number;
+  primaries: number;
+}
+
+export interface RebalanceResult {
+  /** Primaries moved, and the spread after: server id → primaries. */
+  moved: number;
+  primaries: Record<string, number>;
 }
 
 export interface FailoverSummary {
@@ -354,6 +397,9 @@ export const fileOps = {
       /** The sender's placement epoch of the file: refused (STALE_EPOCH) when older than the replica's. */
       placementEpoch,
       mtime: counter,
+      /** The client's write this version comes from: a replica made primary recognises its retry. */
+      token: counter.optional(),
+      requestId: z.string().max(64).regex(/^[\w-]*$/).optional(),
     })
     .strict(),
   /** Primary → replica, after the primary committed: make the prepared version current. */
@@ -383,7 +429,7 @@ export const fileOps = {
   /** Peers during catch-up: the versions a server holds of the named files. */
   versions: z.object({ names: z.array(fileName).max(10_000) }).strict(),
   /** Replica catching up → primary: the whole current content, whatever the copy's read state. */
-  fetch: z.object({ name: fileName, epoch: counter }).strict(),
+  fetch: z.object({ name: fileName, epoch: counter, placementEpoch: placementEpoch.optional() }).strict(),
 } as const;
 
 export type FileArgs = OpsOf<typeof fileOps>;
@@ -400,6 +446,9 @@ export interface FileMeta {
 
 export interface ReadResult extends FileMeta {
   notModified: boolean;
+  /** `fetch` only (peers): the client write that made this version, so that a copy knows its retries. */
+  requestId?: string;
+  token?: number;
 }
 
 export interface WriteResult {

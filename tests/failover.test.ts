@@ -86,13 +86,14 @@ test('the replica to promote is the one with the highest version; ties spread pr
   assert.is(choosePrimary([{ id: 'a', version: 3 }, { id: 'c', version: 3 }, { id: 'b', version: 3 }], of), 'b');
 });
 
-test('a new primary skips one version number; an old one never does', () => {
+test('a new primary skips a version number per placement epoch since its copy was written; an old one never does', () => {
   const at = (version: number, placementEpoch: number) => ({ name: 'x', epoch: 1, version, size: 0, sha256: '', mtime: 0, token: 0, requestId: '', placementEpoch });
   assert.is(nextVersion(at(0, 1), 0, 1), 1, 'a new file starts at 1');
   assert.is(nextVersion(at(4, 1), 0, 1), 5);
   assert.is(nextVersion(at(4, 1), 0, 2), 6, 'the old primary may have committed v5 unacknowledged');
   assert.is(nextVersion(at(6, 2), 0, 2), 7);
-  assert.is(nextVersion(at(4, 0), 0, 3), 6, 'a copy fetched from a peer (epoch unknown) skips too');
+  assert.is(nextVersion(at(4, 1), 0, 3), 7, 'two primaries since: each may have committed one (v5, then v6 after its own skip)');
+  assert.is(nextVersion(at(4, 0), 0, 3), 8, 'a copy fetched from a peer (epoch unknown) skips one per epoch');
   assert.is(nextVersion(at(4, 1), 9, 1), 10, 'above a version lost with a damaged copy');
 });
 

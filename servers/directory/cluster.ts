@@ -161,6 +161,12 @@ export class Cluster {
     return down;
   }
 
+  /** Forgets a server (an operator removed it) and its marks. */
+  removeMember(id: string): void {
+    this.members.delete(id);
+    this.marks.delete(id);
+  }
+
   isRegistered(id: string): boolean {
     return this.members.has(id);
   }

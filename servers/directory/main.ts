@@ -6,6 +6,7 @@ import { createLogger } from '../../shared/log.js';
 import { wsUrl } from '../../shared/protocol.js';
 import { runService } from '../../shared/service.js';
 import { DEFAULT_DOWN_AFTER_MS, DEFAULT_REPLICATION } from './cluster.js';
+import { DEFAULT_REPLACE_AFTER_MS } from './rereplication.js';
 import { startDirectory } from './service.js';
 
 const DEFAULT_PORT = 9090;
@@ -27,6 +28,8 @@ ${COMMON_USAGE}
   --failover-after-ms N
                        a primary silent this long is replaced by an in-sync replica
                        (default: the --down-after-ms value)
+  --replace-after-ms N a server silent this long has its copies made again on other
+                       servers (default ${DEFAULT_REPLACE_AFTER_MS}, five minutes)
   -h, --help           show this help`;
 
 const args = parseServiceArgs(process.argv.slice(2), {
@@ -38,17 +41,19 @@ const args = parseServiceArgs(process.argv.slice(2), {
     replication: { type: 'string' },
     'down-after-ms': { type: 'string' },
     'failover-after-ms': { type: 'string' },
+    'replace-after-ms': { type: 'string' },
   },
 });
 
-function settings(): { lockUrl: string; replication: number; downAfterMs: number; failoverAfterMs: number } {
+function settings(): { lockUrl: string; replication: number; downAfterMs: number; failoverAfterMs: number; replaceAfterMs: number } {
   const { values } = args;
   const lockUrl = typeof values.lock === 'string' ? values.lock : (process.env.DFS_LOCK_URL ?? DEFAULT_LOCK_URL);
   if (!wsUrl.safeParse(lockUrl).success) throw new UsageError(`--lock must be a ws://host:port URL, not ${JSON.stringify(lockUrl)}`);
   const replication = typeof values.replication === 'string' ? parsePositiveInt(values.replication, '--replication', 16) : DEFAULT_REPLICATION;
   const downAfterMs = typeof values['down-after-ms'] === 'string' ? parsePositiveInt(values['down-after-ms'], '--down-after-ms', 3_600_000) : DEFAULT_DOWN_AFTER_MS;
   const failoverAfterMs = typeof values['failover-after-ms'] === 'string' ? parsePositiveInt(values['failover-after-ms'], '--failover-after-ms', 86_400_000) : downAfterMs;
-  return { lockUrl, replication, downAfterMs, failoverAfterMs };
+  const replaceAfterMs = typeof values['replace-after-ms'] === 'string' ? parsePositiveInt(values['replace-after-ms'], '--replace-after-ms', 30 * 86_400_000) : DEFAULT_REPLACE_AFTER_MS;
+  return { lockUrl, replication, downAfterMs, failoverAfterMs, replaceAfterMs };
 }
 
 let extra: ReturnType<typeof settings>;

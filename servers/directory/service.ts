@@ -10,6 +10,8 @@ import { PAGE_BYTES, jsonBytes } from '../../shared/pages.js';
 import {
   directoryOps,
   type BehindResult,
+  type DrainResult,
+  type RebalanceResult,
   type CopyStatus,
   type HeartbeatResult,
   type HoldingsResult,
@@ -27,7 +29,11 @@ import {
 import { RpcServer, op, type Handlers } from '../../shared/rpc.js';
 import type { RunningService } from '../../shared/service.js';
 import { Cluster, compareIds } from './cluster.js';
+import { Draining } from './draining.js';
 import { Failover } from './failover.js';
+import { PlacementChanges, type NamedEntry } from './placement-changes.js';
+import { planRebalance } from './rebalance.js';
+import { DEFAULT_REPLACE_AFTER_MS, Rereplication } from './rereplication.js';
 import { FileTable, type FileEntry } from './file-table.js';
 
 export const DEFAULT_LIST_LIMIT = 1000;
@@ -43,6 +49,8 @@ export interface DirectoryOptions {
   downAfterMs: number;
   /** A primary silent this long is replaced by an in-sync replica (default: downAfterMs). */
   failoverAfterMs?: number;
+  /** A server silent this long has its copies made again on other servers (default 5 minutes). */
+  replaceAfterMs?: number;
   log: Logger;
   /** Called if the table can no longer be saved; the process should stop. */
   onFatal?: (err: Error) => void;
@@ -58,6 +66,7 @@ export interface DirectoryService extends RunningService {
   readonly table: FileTable;
   readonly cluster: Cluster;
   readonly failover: Failover;
+  readonly rereplication: Rereplication;
 }
 
 export async function startDirectory(options: DirectoryOptions): Promise<DirectoryService> {
@@ -69,14 +78,18 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
   });
   const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs });
   const refOf = serverRefs(table, cluster);
-  const failover = new Failover(table, cluster, refOf, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
+  const draining = await Draining.open(options.dataDir);
+  const changes = new PlacementChanges(table, cluster, refOf, log);
+  const failover = new Failover(table, cluster, changes, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
+  const rereplication = new Rereplication(table, cluster, changes, draining, { replaceAfterMs: options.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log });
+  const services = { failover, rereplication, changes, draining };
   const server = new RpcServer({
     host: options.host,
     port: options.port,
     log,
     maxMessageBytes: options.maxMessageBytes,
     ...options.connections,
-    handlers: directoryHandlers(table, cluster, options, failover),
+    handlers: directoryHandlers(table, cluster, options, services),
   });
   try {
     await server.listen();
@@ -88,6 +101,7 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
   const sweepTimer = setInterval(() => {
     sweep(cluster, log);
     failover.tick();
+    rereplication.tick();
   }, Math.max(20, Math.min(250, Math.floor(options.downAfterMs / 4))));
   log.info('listening', {
     url: server.url,
@@ -96,6 +110,8 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     lock: options.lockUrl,
     downAfterMs: options.downAfterMs,
     failoverAfterMs: failover.failoverAfterMs,
+    replaceAfterMs: rereplication.replaceAfterMs,
+    draining: draining.list().join(',') || undefined,
   });
 
   let closing: Promise<void> | null = null;
@@ -105,11 +121,12 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     table,
     cluster,
     failover,
+    rereplication,
     close() {
       closing ??= (async () => {
         clearInterval(sweepTimer);
-        await failover.idle();
-        failover.close();
+        await changes.exclusive(async () => {}).catch(() => {});
+        changes.close();
         await server.close();
         await table.close();
         log.info('file table saved', { files: table.size });
@@ -130,8 +147,16 @@ function serverRefs(table: FileTable, cluster: Cluster): (id: string) => ServerR
   return (id) => ({ id, url: cluster.urlOf(id) ?? table.urlOf(id) ?? '' });
 }
 
-export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions, failover: Failover): Handlers {
+interface PlacementServices {
+  failover: Failover;
+  rereplication: Rereplication;
+  changes: PlacementChanges;
+  draining: Draining;
+}
+
+export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions, services: PlacementServices): Handlers {
   const { log } = options;
+  const { failover, rereplication, changes, draining } = services;
   const refOf = serverRefs(table, cluster);
 
   const placementOf = (name: string, entry: FileEntry): Placement => ({
@@ -156,7 +181,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
 
     create: op(directoryOps.create, async ({ name }): Promise<Placement> => {
       if (table.has(name)) throw new DfsError('EXISTS', `${name} already exists`);
-      const chosen = cluster.place(knownServers(), (id) => table.loadOf(id));
+      const chosen = cluster.place([...knownServers()].filter((id) => !draining.has(id)), (id) => table.loadOf(id));
       const entry = await table.create(name, refOf(chosen.primary), chosen.replicas.map(refOf));
       log.debug('created', { name, epoch: entry.epoch, primary: entry.primary, replicas: entry.replicas.join(',') });
       return placementOf(name, entry);
@@ -204,6 +229,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
           files: load.files,
           primaries: load.primaries,
           behindFiles: cluster.behindCount(id),
+          draining: draining.has(id) || undefined,
         };
       });
       let underReplicated = 0;
@@ -221,6 +247,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         underReplicated,
         lastFailover: failover.last,
         failoverAfterMs: failover.failoverAfterMs,
+        rereplication: rereplication.status(),
       };
     }),
 
@@ -302,7 +329,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       for (const name of names) {
         const entry = table.get(name);
         // A report from a server that lost the primary role (failover) must not let its write count.
-        if (entry && by !== id && (entry.primary !== by || failover.isBeingReplaced(name, by))) {
+        if (entry && by !== id && (entry.primary !== by || changes.isBeingReplaced(name, by))) {
           refused++;
           continue;
         }
@@ -318,6 +345,56 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       else if (marked > 0) log.debug('copies marked behind again', { id, names: marked });
       if (refused > 0) log.info('refused behind marks from a server that is not the primary', { id, by, names: refused, first: names[0] });
       return { markSeq: cluster.currentMarkSeq, marked, ignored, refused };
+    }),
+
+    drain: op(directoryOps.drain, async ({ id }): Promise<DrainResult> => {
+      if (!knownServers().has(id)) throw new DfsError('NOT_FOUND', `no file server ${id} is known`);
+      await draining.add(id);
+      const load = table.loadOf(id);
+      log.info('draining a server: it takes no new files and its copies move away', { id, files: load.files, primaries: load.primaries });
+      return { id, ...load };
+    }),
+
+    undrain: op(directoryOps.undrain, async ({ id }): Promise<DrainResult> => {
+      if (!draining.has(id)) throw new DfsError('NOT_FOUND', `server ${id} is not being drained`);
+      await draining.delete(id);
+      log.info('no longer draining a server', { id });
+      return { id, ...table.loadOf(id) };
+    }),
+
+    remove: op(directoryOps.remove, async ({ id }): Promise<DrainResult> => {
+      if (!knownServers().has(id)) throw new DfsError('NOT_FOUND', `no file server ${id} is known`);
+      const load = table.loadOf(id);
+      if (load.files > 0) {
+        throw new DfsError('BAD_REQUEST', `server ${id} still holds ${load.files} copies (${load.primaries} as primary); drain it first (dfs server drain ${id}) and remove it once it holds none`);
+      }
+      await draining.delete(id);
+      cluster.removeMember(id);
+      log.info('server removed', { id });
+      return { id, ...load };
+    }),
+
+    rebalance: op(directoryOps.rebalance, async (): Promise<RebalanceResult> => {
+      const live = [...cluster.memberIds()].filter((id) => cluster.isUp(id) && !cluster.isSyncing(id) && !draining.has(id));
+      const moved = await changes.exclusive(async () => {
+        const plan = planRebalance(table.files(), live, (id, name) => cluster.isReadable(id, name));
+        let count = 0;
+        for (const [from, moves] of plan) {
+          const files: NamedEntry[] = [];
+          for (const name of moves.keys()) {
+            const entry = table.get(name);
+            if (entry && entry.primary === from) files.push([name, entry]);
+          }
+          const result = await changes.handOver(from, files, moves);
+          count += result.moved.length;
+          log.info('rebalance: moved primaries', { from, files: files.length, moved: result.moved.length, stuck: result.stuck });
+        }
+        return count;
+      });
+      const primaries: Record<string, number> = {};
+      for (const id of live.sort(compareIds)) primaries[id] = table.loadOf(id).primaries;
+      log.info('rebalanced', { moved, primaries: JSON.stringify(primaries) });
+      return { moved, primaries };
     }),
   } satisfies Record<keyof typeof directoryOps, unknown>;
 }

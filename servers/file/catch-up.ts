@@ -233,7 +233,7 @@ export class CatchUp {
     const s = this.server;
     await s.mutex.run(holding.name, async () => {
       const mine = s.store.metaFor(holding.name, holding.epoch);
-      await copyFrom(s.store, conn, holding, { atLeast: mine.version, stallTimeoutMs: s.stallTimeoutMs });
+      await copyFrom(s.store, conn, holding, { atLeast: mine.version, stallTimeoutMs: s.stallTimeoutMs, rate: s.copyRate });
     });
   }
 

@@ -117,7 +117,7 @@ export class Holdings {
     const holding = toHolding(placement, this.selfId);
     if (!holding) {
       this.forget(name);
-      throw new DfsError('NOT_FOUND', `no copy of ${name} is kept on server ${this.selfId}`);
+      throw new DfsError('NOT_FOUND', `no copy of ${name} is kept on server ${this.selfId}`, { notHere: true });
     }
     // A fence newer than the directory's answer stays while the change it announced may be under way.
     const now = this.byName.get(name);

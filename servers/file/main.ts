@@ -4,7 +4,7 @@ import { COMMON_USAGE, parsePositiveInt, parseServiceArgs } from '../../shared/a
 import { createLogger } from '../../shared/log.js';
 import { serverId } from '../../shared/protocol.js';
 import { runService } from '../../shared/service.js';
-import { DEFAULT_REPLICA_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS, FileServer } from './service.js';
+import { DEFAULT_COPY_RATE_BYTES_PER_SEC, DEFAULT_REPLICA_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS, FileServer } from './service.js';
 
 const usage = `usage: npm run file-server -- [options]
 
@@ -18,6 +18,8 @@ A file server: stores files durably, as primary for some and replica for others.
   --replica-timeout-ms N
                        drop a replica that does not answer for N ms from a write, and mark
                        it behind (default ${DEFAULT_REPLICA_TIMEOUT_MS})
+  --copy-rate-mb-s N   how fast catch-up and re-replication may copy files in, in MiB/s,
+                       so that clients go on being served (default ${DEFAULT_COPY_RATE_BYTES_PER_SEC >> 20}; 0: no limit)
 ${COMMON_USAGE}
   (defaults: --port 12001, --data data/<id>)`;
 
@@ -32,6 +34,7 @@ const args = parseServiceArgs(process.argv.slice(2), {
     'max-file-bytes': { type: 'string' },
     'stall-timeout-ms': { type: 'string' },
     'replica-timeout-ms': { type: 'string' },
+    'copy-rate-mb-s': { type: 'string' },
   },
 });
 
@@ -43,10 +46,16 @@ if (!serverId.safeParse(id).success) {
 let maxFileBytes = 8 * 1024 ** 3;
 let stallTimeoutMs = DEFAULT_STALL_TIMEOUT_MS;
 let replicaTimeoutMs = DEFAULT_REPLICA_TIMEOUT_MS;
+let copyRateBytesPerSec = DEFAULT_COPY_RATE_BYTES_PER_SEC;
 try {
   if (typeof args.values['max-file-bytes'] === 'string') maxFileBytes = parsePositiveInt(args.values['max-file-bytes'], '--max-file-bytes');
   if (typeof args.values['stall-timeout-ms'] === 'string') stallTimeoutMs = parsePositiveInt(args.values['stall-timeout-ms'], '--stall-timeout-ms', 3_600_000);
   if (typeof args.values['replica-timeout-ms'] === 'string') replicaTimeoutMs = parsePositiveInt(args.values['replica-timeout-ms'], '--replica-timeout-ms', 600_000);
+  const rate = args.values['copy-rate-mb-s'];
+  if (typeof rate === 'string') {
+    if (!/^\d+$/.test(rate) || Number(rate) > 1 << 20) throw new Error(`--copy-rate-mb-s must be a whole number of MiB/s (0 for no limit), not ${JSON.stringify(rate)}`);
+    copyRateBytesPerSec = Number(rate) * (1 << 20);
+  }
 } catch (err) {
   process.stderr.write(`error: ${(err as Error).message}\n`);
   process.exit(2);
@@ -65,6 +74,7 @@ await runService(log, () =>
     maxFileBytes,
     stallTimeoutMs,
     replicaTimeoutMs,
+    copyRateBytesPerSec,
     log,
     connections: args.connections,
   }),

@@ -56,7 +56,7 @@ export class PrimaryWrites {
     if (args.size > s.maxFileBytes) throw new DfsError('TOO_LARGE', `${args.size} bytes is over this server's ${s.maxFileBytes}-byte file limit`);
     if (!ctx.stream && (ctx.body?.length ?? 0) !== args.size) throw new DfsError('BAD_REQUEST', `size says ${args.size} bytes but ${ctx.body?.length ?? 0} were sent`);
     watchProgress(ctx.stream, s.stallTimeoutMs);
-    let holding = await s.holdings.lookup(args.name, args.epoch, args.placementEpoch);
+    let holding = await notHereIsNotPrimary(s.holdings.lookup(args.name, args.epoch, args.placementEpoch));
     // The client was sent here by the directory: a role this server does not know yet may be new.
     if (!s.holdings.isWritablePrimary(holding)) holding = await s.holdings.refresh(args.name, args.epoch);
     this.requirePrimary(holding);
@@ -98,7 +98,18 @@ export class PrimaryWrites {
     const version = nextVersion(current, s.store.lostVersion(name), holding.placementEpoch);
     const mtime = Date.now();
     // Replicas start staging first: they are a round trip away, the local disk is not.
-    const transfers = startReplication(s.replicator, { holding, version, baseVersion: current.version, mode: args.mode, size: args.size, mtime, from: s.id, body: ctx.body });
+    const transfers = startReplication(s.replicator, {
+      holding,
+      version,
+      baseVersion: current.version,
+      mode: args.mode,
+      size: args.size,
+      mtime,
+      from: s.id,
+      token: args.token,
+      requestId: args.requestId,
+      body: ctx.body,
+    });
     let staged: StagedVersion;
     try {
       staged = await s.store.stage(name, holding.epoch, version, args.mode);
@@ -141,6 +152,12 @@ export class PrimaryWrites {
     s.counters.contentBytesReceived += args.size;
     try {
       for (const replica of skipped) await s.reportBehind(name, replica.id);
+      // Copies added to the file while this write ran (re-replication) were not sent it: they may
+      // have copied the file before it landed, so they are marked behind before the answer.
+      const now = s.holdings.get(name);
+      if (now && now.epoch === holding.epoch && now.placementEpoch !== holding.placementEpoch) {
+        for (const replica of now.replicas) if (!holding.replicas.some((r) => r.id === replica.id)) await s.reportBehind(name, replica.id);
+      }
     } catch (err) {
       // Committed here but not acknowledged: the next write reconciles again before it goes on,
       // so no second version is built on this one while a replica may lack it unmarked.
@@ -261,15 +278,29 @@ export class PrimaryWrites {
 type RemoteVersion = VersionsResult['files'][number];
 
 /**
+ * A write sent to a server that holds no copy of the file (its copy moved away): NOT_PRIMARY, so
+ * that the client locates the file again, not NOT_FOUND, which says the file does not exist.
+ */
+export async function notHereIsNotPrimary<T>(lookup: Promise<T>): Promise<T> {
+  try {
+    return await lookup;
+  } catch (err) {
+    if (err instanceof DfsError && err.code === 'NOT_FOUND' && err.details?.notHere === true) throw new DfsError('NOT_PRIMARY', `${err.message}; locate it again`);
+    throw err;
+  }
+}
+
+/**
  * The number of the next version. Above any version lost with a damaged copy here, so that a
  * number once given is never reused; and the first write of a new primary (the file's placement
- * epoch is newer than the one its current version was written under) skips one number, since the
- * old primary may have committed the next one, unacknowledged, before it lost the role
- * (docs/PROTOCOL.md, "Failover").
+ * epoch is newer than the one its current version was written under) skips one number for each
+ * placement epoch since, because each primary of those epochs may have committed a number above
+ * this copy's, unacknowledged, before it lost the role (docs/PROTOCOL.md, "Failover"). A copy
+ * fetched from a peer does not know its epoch (0): it skips one per epoch of the file.
  */
 export function nextVersion(current: VersionHeader, lostVersion: number, placementEpoch: number): number {
-  const newPrimary = placementEpoch > 1 && current.placementEpoch < placementEpoch;
-  return Math.max(current.version, lostVersion) + (newPrimary ? 2 : 1);
+  const skipped = placementEpoch > 1 && current.placementEpoch < placementEpoch ? placementEpoch - current.placementEpoch : 0;
+  return Math.max(current.version, lostVersion) + 1 + skipped;
 }
 
 /** Whether a replica's answer says it holds `version` (no answer never agrees; no copy agrees with version 0). */

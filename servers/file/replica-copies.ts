@@ -60,6 +60,10 @@ export class ReplicaCopies {
    */
   async fence(args: FileArgs['rep.fence']): Promise<VersionsResult> {
     const s = this.server;
+    // A copy this server has not looked up since its last catch-up (a file created since and never
+    // written) is looked up first: it is as much a candidate as any.
+    const unknown = args.copies.filter((c) => s.holdings.get(c.name)?.epoch !== c.epoch);
+    await eachLimited(unknown, FENCE_CONCURRENCY, (c) => s.holdings.lookup(c.name, c.epoch).then(() => undefined, () => undefined));
     const fenced = args.copies.filter((c) => s.holdings.fence(c.name, c.epoch, c.placementEpoch));
     for (const { name } of fenced) {
       this.incoming.get(name)?.(new DfsError('STALE_EPOCH', `${name} is changing primary; replication from the old one stops`));
@@ -99,7 +103,7 @@ export class ReplicaCopies {
       try {
         const received = await staged.writeAll(ctx.stream, ctx.body);
         if (received !== args.size) throw new DfsError('BAD_REQUEST', `announced ${args.size} bytes but ${received} arrived`);
-        const header = await staged.seal({ mtime: args.mtime, token: 0, requestId: '', placementEpoch: args.placementEpoch });
+        const header = await staged.seal({ mtime: args.mtime, token: args.token ?? 0, requestId: args.requestId ?? '', placementEpoch: args.placementEpoch });
         if (s.holdings.get(args.name)?.placementEpoch !== args.placementEpoch) throw new DfsError('STALE_EPOCH', `${args.name} was fenced while its content came in`);
         const timer = setTimeout(() => this.drop(args.name), PREPARED_TTL_MS);
         timer.unref();

@@ -38,6 +38,9 @@ export interface ReplicationRequest {
   size: number;
   mtime: number;
   from: string;
+  /** The client's write: kept with the replica's version, so that a replica made primary knows a retry. */
+  token: number;
+  requestId: string;
   /** Inline content; when absent the content is pushed through each transfer's pipe. */
   body: Buffer | undefined;
 }
@@ -79,10 +82,10 @@ export async function callReplica(r: Replicator, url: string, op: string, args: 
 
 /** Opens a `rep.write` to every replica; the content follows inline or through the pipes. */
 export function startReplication(r: Replicator, request: ReplicationRequest): ReplicaTransfer[] {
-  const { holding, version, baseVersion, mode, size, mtime, from, body } = request;
+  const { holding, version, baseVersion, mode, size, mtime, from, token, requestId, body } = request;
   return holding.replicas.map((replica) => {
     const pipe = body === undefined ? new ChunkPipe() : null;
-    const args = { name: holding.name, epoch: holding.epoch, version, baseVersion, mode, size, from, placementEpoch: holding.placementEpoch, mtime };
+    const args = { name: holding.name, epoch: holding.epoch, version, baseVersion, mode, size, from, placementEpoch: holding.placementEpoch, mtime, token, requestId };
     const prepared = callReplica(r, replica.url, 'rep.write', args, pipe ? { stream: pipe } : { body }).then(
       (res: Response) => res.result as PreparedResult,
       (err: unknown) => {

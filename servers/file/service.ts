@@ -3,6 +3,7 @@
  * Wires the version store, the replication protocol and catch-up to the RPC server, and keeps
  * the server registered and heartbeating with the directory.
  */
+import { TokenBucket } from 'limiter';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
@@ -32,7 +33,7 @@ import { FileStore, type StoredVersion } from './store.js';
 import { publicMeta } from './version-file.js';
 import { CatchUp } from './catch-up.js';
 import { PeerHealth } from './peer-health.js';
-import { PrimaryWrites } from './primary-writes.js';
+import { PrimaryWrites, notHereIsNotPrimary } from './primary-writes.js';
 import { ReplicaCopies } from './replica-copies.js';
 import { callReplica, type Replicator } from './replication.js';
 
@@ -51,10 +52,13 @@ export interface FileServerOptions {
   stallTimeoutMs?: number;
   /** A replica silent for this long is dropped from a write and marked behind (default 1 s). */
   replicaTimeoutMs?: number;
+  /** Bytes per second that catch-up and re-replication may copy in (default 128 MiB/s; 0: no limit). */
+  copyRateBytesPerSec?: number;
 }
 
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 export const DEFAULT_REPLICA_TIMEOUT_MS = 1000;
+export const DEFAULT_COPY_RATE_BYTES_PER_SEC = 128 << 20;
 
 /** Room left in an inline answer's message for its header. */
 const INLINE_HEADER_ALLOWANCE = 16 << 10;
@@ -74,6 +78,8 @@ export class FileServer {
   readonly health: PeerHealth;
   readonly replicator: Replicator;
   readonly writes: PrimaryWrites;
+  /** The bound on catch-up and re-replication copies, shared by all of them; null: none. */
+  readonly copyRate: TokenBucket | null;
   private readonly replicas: ReplicaCopies;
   private readonly recentContent = new LRUCache<string, Buffer>({
     maxSize: RECENT_CONTENT_BYTES,
@@ -99,6 +105,8 @@ export class FileServer {
     this.health = new PeerHealth(this.peers, options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS, options.log);
     this.replicator = { peers: this.peers, health: this.health, log: options.log };
     this.writes = new PrimaryWrites(this, options.log);
+    const rate = options.copyRateBytesPerSec ?? DEFAULT_COPY_RATE_BYTES_PER_SEC;
+    this.copyRate = rate > 0 ? new TokenBucket({ bucketSize: Math.max(rate, 1 << 20), tokensPerInterval: rate, interval: 'second' }) : null;
     this.replicas = new ReplicaCopies(this, options.log);
     this.directoryPool = new ConnectionPool({ log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
     this.catchUp = new CatchUp(this, options.log);
@@ -281,7 +289,14 @@ export class FileServer {
         return { files };
       }),
       fetch: op(fileOps.fetch, async (args, ctx) => {
-        const holding = await this.holdings.lookup(args.name, args.epoch);
+        const known = this.holdings.get(args.name);
+        const holding = await this.holdings.lookup(args.name, args.epoch, args.placementEpoch);
+        if (known && holding.placementEpoch > known.placementEpoch) {
+          // A copy this server did not know of (re-replication): writes under way were sent to
+          // the old set of replicas, so they finish before the new copy takes its content; later
+          // ones go to it too.
+          await this.mutex.run(args.name, async () => {});
+        }
         return this.contentReply(holding, args.name, false, ctx);
       }),
     };
@@ -308,7 +323,8 @@ export class FileServer {
       if (before === undefined) continue;
       applied++;
       this.writes.forget(holding.name);
-      if (role === 'replica' && before?.role === 'primary') this.suspect.add(holding.name);
+      // A copy that stopped being the primary, or that is new here, is not served until checked.
+      if (role === 'replica' && before?.role !== 'replica') this.suspect.add(holding.name);
       if (role === 'primary' && before?.role !== 'primary') becamePrimary++;
       this.options.log.debug('placement changed', { name: holding.name, placementEpoch: holding.placementEpoch, primary: holding.primary.id, was: before?.role });
     }
@@ -340,7 +356,8 @@ export class FileServer {
   private async contentReply(holding: Holding, name: string, count: boolean, ctx: CallContext): Promise<Reply> {
     const stored = this.store.get(name);
     const meta = this.store.metaFor(name, holding.epoch);
-    const result: ReadResult = { ...publicMeta(meta), notModified: false };
+    // A peer's fetch also learns which client write made the version (clients never see it).
+    const result: ReadResult = count ? { ...publicMeta(meta), notModified: false } : { ...publicMeta(meta), notModified: false, requestId: meta.requestId, token: meta.token };
     if (count) this.counters.contentBytesSent += meta.size;
     if (!stored || stored.epoch !== holding.epoch || meta.size === 0) return new Reply(result, Buffer.alloc(0));
     try {
@@ -404,7 +421,7 @@ export class FileServer {
 
   private async remove(args: FileArgs['delete']): Promise<{ deleted: true }> {
     if (this.stopping) throw new DfsError('UNAVAILABLE', `server ${this.id} is shutting down`);
-    let holding = await this.holdings.lookup(args.name, args.epoch);
+    let holding = await notHereIsNotPrimary(this.holdings.lookup(args.name, args.epoch));
     if (!this.holdings.isWritablePrimary(holding)) holding = await this.holdings.refresh(args.name, args.epoch);
     if (!this.holdings.isWritablePrimary(holding)) throw new DfsError('NOT_PRIMARY', `${this.id} is not the primary for ${args.name} now; its primary is ${holding.primary.id}; locate it again`);
     await this.writes.validateToken(args.name, args.token);
