@@ -70,4 +70,4 @@ export interface AreaContext {
 }
 
 /** Table sections, one per issue area. */
-export const SECTIONS = { directoryAndLock: 'directory and lock', files: 'file servers and client' } as const;
+export const SECTIONS = { directoryAndLock: 'directory and lock', files: 'file servers and client', failover: 'failover and re-replication' } as const;

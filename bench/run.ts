@@ -15,6 +15,7 @@ import { stopAll } from '../tests/helpers/process.js';
 import { bestLimits, measureLimits, type LimitRow } from './limits.js';
 import { lockFigures } from './lock.js';
 import { directoryFigures } from './directory.js';
+import { failoverFigures } from './failover.js';
 import { fileFigures } from './files.js';
 import { fmt, progress, resolve, type Result } from './measure.js';
 import { FULL, QUICK, type AreaContext } from './plan.js';
@@ -91,6 +92,9 @@ async function main(): Promise<void> {
   const figures = [...(await lockFigures(context)), ...(await directoryFigures(context)), ...(await fileFigures(context))];
 
   progress('stopping the cluster');
+  await cleanUp();
+  // Clusters of their own: these kill and drain servers.
+  figures.push(...(await failoverFigures(plan)));
   await cleanUp();
   // Measured again at the end, with nothing of ours running, and the better of the two kept.
   const { limits, rows } = bestLimits(plan, [first, await measureLimits(plan, 'end')]);

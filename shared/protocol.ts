@@ -424,6 +424,8 @@ export const fileOps = {
         .min(1)
         .max(10_000),
       servers: z.record(serverId, wsUrl),
+      /** The directory's mark sequence: a server given new copies catches them up at once, up to it. */
+      markSeq: counter.optional(),
     })
     .strict(),
   /** Peers during catch-up: the versions a server holds of the named files. */

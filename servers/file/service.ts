@@ -310,6 +310,7 @@ export class FileServer {
   private adoptPlacements(args: FileArgs['rep.placement']): PlacementAppliedResult {
     let applied = 0;
     let becamePrimary = 0;
+    const toCatchUp: string[] = [];
     for (const holding of holdingsOf(args)) {
       if (holding.primary.id !== this.id && !holding.replicas.some((r) => r.id === this.id)) {
         // No longer assigned here: dropped (to orphaned/) at the next full catch-up.
@@ -324,11 +325,17 @@ export class FileServer {
       applied++;
       this.writes.forget(holding.name);
       // A copy that stopped being the primary, or that is new here, is not served until checked.
-      if (role === 'replica' && before?.role !== 'replica') this.suspect.add(holding.name);
+      if (role === 'replica' && before?.role !== 'replica') {
+        this.suspect.add(holding.name);
+        toCatchUp.push(holding.name);
+      }
       if (role === 'primary' && before?.role !== 'primary') becamePrimary++;
       this.options.log.debug('placement changed', { name: holding.name, placementEpoch: holding.placementEpoch, primary: holding.primary.id, was: before?.role });
     }
-    if (applied > 0) this.options.log.info('took new placements from the directory', { files: applied, nowPrimary: becamePrimary || undefined });
+    if (applied > 0) this.options.log.info('took new placements from the directory', { files: applied, nowPrimary: becamePrimary || undefined, newCopies: toCatchUp.length || undefined });
+    // New copies here are copied at once rather than at the next heartbeat; if a catch-up is
+    // already running, the heartbeat's page of marks brings them in later.
+    if (toCatchUp.length > 0 && args.markSeq !== undefined) void this.catchUp.some(toCatchUp, args.markSeq);
     return { applied };
   }
 
