@@ -195,6 +195,41 @@ test('a corrupted replica copy is detected, avoided, and repaired from the prima
   await cluster.waitInSync();
 });
 
+test('a corrupted primary copy is detected, taken out of service, and repaired from a replica; writes go on above the lost version', async () => {
+  const alice = await client('alice-corrupt-primary');
+  await alice.create('corrupt-primary.txt');
+  await alice.write('corrupt-primary.txt', 'the true content');
+  const p = await placement('corrupt-primary.txt');
+  const primary = cluster.server(p.primary.id);
+  const storeDir = join(primary.data, 'store');
+  const file = (await readdir(storeDir)).find((f) => f.startsWith(nameKey('corrupt-primary.txt')))!;
+  const raw = await readFile(join(storeDir, file));
+  raw[raw.length - 2] ^= 0x55;
+  await writeFile(join(storeDir, file), raw);
+  // A read from the primary itself finds the damage: it refuses, never serving the bad bytes.
+  const conn = await connect(primary.url);
+  try {
+    const refused = await conn.call('read', { name: 'corrupt-primary.txt' }).then(
+      () => null,
+      (e: DfsError) => e.code,
+    );
+    assert.is(refused, 'UNAVAILABLE');
+  } finally {
+    conn.close();
+  }
+  await waitFor(
+    async () => {
+      const { content } = await readFrom(primary.url, 'corrupt-primary.txt').catch(() => ({ content: Buffer.alloc(0) }));
+      return content.toString() === 'the true content';
+    },
+    { what: 'the primary copy recovered from a replica' },
+  );
+  assert.ok((await readdir(storeDir)).some((f) => f.startsWith(nameKey('corrupt-primary.txt')) && f.endsWith('.damaged')), 'the damaged file is kept aside');
+  const written = await alice.append('corrupt-primary.txt', ', and more');
+  assert.ok(written.version > 1, 'the next version is numbered above the one set aside');
+  assert.is((await assertIdenticalCopies('corrupt-primary.txt')).toString(), 'the true content, and more');
+});
+
 test('delete removes every copy under the lock; a name created again starts empty', async () => {
   const alice = await client('alice-rm');
   const bob = await client('bob-rm');
