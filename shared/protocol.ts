@@ -77,7 +77,8 @@ export const directoryOps = {
   delete: z.object({ name: fileName, epoch: counter.optional() }).strict(),
   status: z.object({}).strict(),
   /** File servers. */
-  register: z.object({ id: serverId, url: wsUrl }).strict(),
+  /** `fresh`: the server's data folder is new (or was lost): its replica copies hold nothing yet. */
+  register: z.object({ id: serverId, url: wsUrl, fresh: z.boolean().optional() }).strict(),
   heartbeat: z.object({ id: serverId }).strict(),
   holdings: z
     .object({ id: serverId, after: z.string().max(255).optional(), limit: z.number().int().min(1).max(10_000).optional() })
@@ -90,7 +91,15 @@ export const directoryOps = {
    * The copies of `names` on server `id` missed writes, as reported by server `by`: their primary,
    * or `id` itself. A report by a server that is no longer a file's primary is refused.
    */
-  behind: z.object({ id: serverId, by: serverId, names: z.array(fileName).min(1).max(10_000) }).strict(),
+  behind: z
+    .object({
+      id: serverId,
+      by: serverId,
+      names: z.array(fileName).min(1).max(10_000),
+      /** `by` = `id` only: keep (renew) the marks these copies have, make no new ones (it could not check them). */
+      keep: z.boolean().optional(),
+    })
+    .strict(),
   /** Operators: stop placing files on a server and move its copies away. */
   drain: z.object({ id: serverId }).strict(),
   /** Operators: take a server back (new files go to it again). */

@@ -123,7 +123,7 @@ test('behind marks: synced clears marks up to upTo and keeps later ones; caughtU
   cluster.markBehind('c', 'r'); // during the catch-up
   assert.equal(cluster.heartbeat('r'), { behind: ['a', 'b', 'c'], more: false, markSeq: 3 });
   cluster.markBehind('d', 'r'); // what the catch-up could not fix, marked before it says synced
-  assert.equal(cluster.synced('r', registration.markSeq), { cleared: 2 });
+  assert.equal(cluster.synced('r', registration.markSeq), { cleared: ['a', 'b'] });
   assert.is(cluster.isSyncing('r'), false);
   assert.equal(cluster.heartbeat('r').behind, ['c', 'd']);
   assert.is(cluster.isReadable('r', 'a'), true);
@@ -132,10 +132,22 @@ test('behind marks: synced clears marks up to upTo and keeps later ones; caughtU
   // a partial catch-up of c, while d was marked again after the heartbeat it answered
   const beat = cluster.heartbeat('r');
   cluster.markBehind('d', 'r');
-  assert.equal(cluster.caughtUp('r', beat.markSeq, ['c', 'd', 'never-marked']), { cleared: 1 });
+  assert.equal(cluster.caughtUp('r', beat.markSeq, ['c', 'd', 'never-marked']), { cleared: ['c'] });
   assert.equal(cluster.heartbeat('r').behind, ['d']);
-  cluster.forget('d', { primary: 'p', replicas: ['r'] });
+  assert.equal(cluster.forget('d', { primary: 'p', replicas: ['r'] }), ['r']);
   assert.is(cluster.behindCount('r'), 0);
+});
+
+test('renewing marks keeps the ones a server has past its synced, and makes no new ones', () => {
+  const { cluster } = readyCluster(['p', 'r']);
+  cluster.markBehind('a', 'r');
+  const registration = cluster.register('r', 'ws://127.0.0.1:12001');
+  // The catch-up could not check a (marked) nor b (not marked): their primary is down.
+  assert.is(cluster.renewMarks('r', ['a', 'b']), 1);
+  assert.equal(cluster.synced('r', registration.markSeq), { cleared: [] });
+  assert.is(cluster.isReadable('r', 'a'), false, 'a keeps its mark');
+  assert.is(cluster.isReadable('r', 'b'), true, 'b was never marked: it holds every acknowledged write');
+  assert.equal([...cluster.allMarks()], [{ server: 'r', name: 'a' }]);
 });
 
 test('while a file\'s primary is down, its reads stay on one replica', () => {

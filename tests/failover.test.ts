@@ -220,4 +220,41 @@ test('two faults in a row: the primary dies, then the promoted one dies too', as
   assert.is(await identicalCopies(name), 'one\ntwo\nthree\nfour\n');
 });
 
+test('behind marks survive a directory restart: a stale replica is never promoted, an in-sync one is', async () => {
+  const name = 'failover/after-restart.txt';
+  const writer = await client('restart-writer');
+  await writer.create(name);
+  await writer.write(name, 'v1\n');
+  const p = await placement(name);
+  const [a, b, c] = [cluster.server(p.primary.id), cluster.server(p.replicas[0]!.id), cluster.server(p.replicas[1]!.id)];
+  // c misses v2: it is down, so the primary marks it behind (on disk) before acknowledging.
+  await c.proc.kill9();
+  await writer.write(name, 'v1\nv2\n');
+  // Then the primary and the in-sync replica die, and the directory restarts: it knows c is
+  // stale only from its marks on disk.
+  await Promise.all([a.proc.kill9(), b.proc.kill9(), cluster.directory.stop()]);
+  await cluster.startDirectory();
+  await cluster.startFileServer(c.id);
+  await waitFor(async () => (await cluster.status()).servers.some((s) => s.id === c.id && s.state === 'up' && s.sync !== 'syncing'), { timeoutMs: 30_000, what: `${c.id} done catching up` });
+  assert.is((await cluster.status()).servers.find((s) => s.id === c.id)?.sync, 'behind', 'it still has its mark');
+  const reader = await client('restart-reader', { cacheBytes: 0 });
+  const stale = await reader.read(name).then(
+    (r) => r.content.toString(),
+    (e: DfsError) => e.code,
+  );
+  assert.is(stale, 'UNAVAILABLE', 'the only copy up is stale: it is not read from');
+  const stuck = (await cluster.status()).lastFailover;
+  assert.ok(stuck === null || stuck === undefined || stuck.promoted === 0, 'nor promoted');
+  // The in-sync replica comes back (its primary still down): it is promoted, with v2.
+  const since = Date.now();
+  await cluster.startFileServer(b.id);
+  await waitForFailoverOf(a.id, since);
+  assert.is((await placement(name)).primary.id, b.id);
+  assert.is((await reader.read(name)).content.toString(), 'v1\nv2\n');
+  await writer.append(name, 'v3\n');
+  await cluster.startFileServer(a.id);
+  await cluster.waitInSync(30_000);
+  assert.is(await identicalCopies(name), 'v1\nv2\nv3\n');
+});
+
 test.run();

@@ -161,10 +161,12 @@ export class Cluster {
     return down;
   }
 
-  /** Forgets a server (an operator removed it) and its marks. */
-  removeMember(id: string): void {
+  /** Forgets a server (an operator removed it) and its marks; returns the names it had marked. */
+  removeMember(id: string): string[] {
     this.members.delete(id);
+    const names = [...(this.marks.get(id)?.keys() ?? [])];
     this.marks.delete(id);
+    return names;
   }
 
   isRegistered(id: string): boolean {
@@ -225,6 +227,34 @@ export class Cluster {
     return { seq, fresh };
   }
 
+  /** Marks loaded from disk at start, in the order they were made. */
+  loadMarks(copies: Iterable<{ server: string; name: string }>): void {
+    for (const { server, name } of copies) this.markBehind(name, server);
+  }
+
+  /** Every mark in force, oldest first per server. */
+  *allMarks(): IterableIterator<{ server: string; name: string }> {
+    for (const [server, names] of this.marks) for (const name of names.keys()) yield { server, name };
+  }
+
+  /**
+   * Renews the marks that exist on these copies (a new sequence number, so that the server's
+   * `synced` does not clear them) and makes no new ones: a server that could not check a copy
+   * (its primary is unreachable) keeps what is known of it. Returns how many were renewed.
+   */
+  renewMarks(id: string, names: Iterable<string>): number {
+    const forServer = this.marks.get(id);
+    if (!forServer) return 0;
+    let renewed = 0;
+    for (const name of names) {
+      if (!forServer.has(name)) continue;
+      forServer.delete(name);
+      forServer.set(name, ++this.markSeq);
+      renewed++;
+    }
+    return renewed;
+  }
+
   isBehind(id: string, name: string): boolean {
     return this.marks.get(id)?.has(name) ?? false;
   }
@@ -234,15 +264,15 @@ export class Cluster {
   }
 
   /** A server finished a full catch-up with everything marked up to `upTo`: those marks go, and it stops syncing. */
-  synced(id: string, upTo: number): { cleared: number } {
+  synced(id: string, upTo: number): { cleared: string[] } {
     this.requireCurrentSeq(id, upTo);
-    let cleared = 0;
+    const cleared: string[] = [];
     const forServer = this.marks.get(id);
     if (forServer) {
       for (const [name, seq] of forServer) {
         if (seq <= upTo) {
           forServer.delete(name);
-          cleared++;
+          cleared.push(name);
         }
       }
       if (forServer.size === 0) this.marks.delete(id);
@@ -252,16 +282,16 @@ export class Cluster {
   }
 
   /** A server caught up the named copies with everything marked up to `upTo`: their marks go. */
-  caughtUp(id: string, upTo: number, names: readonly string[]): { cleared: number } {
+  caughtUp(id: string, upTo: number, names: readonly string[]): { cleared: string[] } {
     this.requireCurrentSeq(id, upTo);
-    let cleared = 0;
+    const cleared: string[] = [];
     const forServer = this.marks.get(id);
     if (!forServer) return { cleared };
     for (const name of names) {
       const seq = forServer.get(name);
       if (seq !== undefined && seq <= upTo) {
         forServer.delete(name);
-        cleared++;
+        cleared.push(name);
       }
     }
     if (forServer.size === 0) this.marks.delete(id);
@@ -275,13 +305,18 @@ export class Cluster {
     }
   }
 
-  /** Drops what is known about a deleted file's copies. */
-  forget(name: string, copies: CopySet): void {
+  /** Drops what is known about a deleted file's copies; returns the servers whose marks went. */
+  forget(name: string, copies: CopySet): string[] {
     this.readCursor.delete(name);
+    const cleared: string[] = [];
     for (const id of [copies.primary, ...copies.replicas]) {
       const forServer = this.marks.get(id);
-      if (forServer?.delete(name) && forServer.size === 0) this.marks.delete(id);
+      if (forServer?.delete(name)) {
+        cleared.push(id);
+        if (forServer.size === 0) this.marks.delete(id);
+      }
     }
+    return cleared;
   }
 
   // ------------------------------------------------------------ routing

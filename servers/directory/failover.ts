@@ -26,6 +26,7 @@ export interface FailoverOptions {
 }
 
 export class Failover {
+  private readonly startedAt = Date.now();
   private lastRecord: FailoverRecord | null = null;
   /** Servers whose last round failed or left files stuck: retried no sooner than this. */
   private readonly retryAt = new Map<string, number>();
@@ -45,12 +46,17 @@ export class Failover {
     return this.lastRecord;
   }
 
-  /** Starts a round for the down primary that has been silent longest, if one is due. */
+  /**
+   * Starts a round for the down primary that has been silent longest, if one is due. A server
+   * the table names that has not registered since this directory started counts as silent since
+   * the start.
+   */
   tick(): void {
     if (this.changes.busy) return;
     const now = Date.now();
-    const due = this.cluster
-      .downMembers()
+    const silent = this.cluster.downMembers();
+    for (const id of this.table.serverIds()) if (!this.cluster.isRegistered(id)) silent.push({ id, silentMs: now - this.startedAt });
+    const due = silent
       .filter((d) => d.silentMs >= this.options.failoverAfterMs && this.table.loadOf(d.id).primaries > 0 && (this.retryAt.get(d.id) ?? 0) <= now)
       .sort((a, b) => b.silentMs - a.silentMs)[0];
     if (!due) return;

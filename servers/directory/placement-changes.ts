@@ -23,6 +23,7 @@ import { ConnectionPool } from '../../shared/pool.js';
 import type { HoldingEntry, ServerRef, VersionsResult } from '../../shared/protocol.js';
 import type { Cluster } from './cluster.js';
 import type { FileEntry, FileTable, PlacementChange } from './file-table.js';
+import type { MarkedCopy } from './mark-store.js';
 
 /** How long a file server may take to answer one fence or placement batch. */
 const PEER_CALL_TIMEOUT_MS = 5000;
@@ -77,6 +78,8 @@ export class PlacementChanges {
     private readonly table: FileTable,
     private readonly cluster: Cluster,
     private readonly refOf: (id: string) => ServerRef,
+    /** Marks copies behind, durably (the cluster's marks and the mark store). */
+    private readonly markBehind: (copies: readonly MarkedCopy[]) => Promise<void>,
     private readonly log: Logger,
   ) {
     this.peers = new ConnectionPool({ retryAfterMs: 500, connectTimeoutMs: 2000, log });
@@ -150,6 +153,7 @@ export class PlacementChanges {
     const primariesOf = (id: string) => primaries.get(id) ?? this.table.loadOf(id).primaries;
     const changes: PlacementChange[] = [];
     const versions = new Map<string, number>();
+    const stale: MarkedCopy[] = [];
     for (const [name, entry] of files) {
       // A replica marked behind after the round began (by the old primary, before the fence
       // reached it) is no candidate.
@@ -159,22 +163,20 @@ export class PlacementChanges {
       primaries.set(to, primariesOf(to) + 1);
       const replicas = [...entry.replicas.filter((id) => id !== to), from];
       changes.push({ name, epoch: entry.epoch, placementEpoch: entry.placementEpoch, primary: this.refOf(to), replicas: replicas.map(this.refOf) });
-      versions.set(name, answered.find((a) => a.id === to)!.version);
-    }
-
-    // 3. Durably, before any write is routed to a new primary.
-    const moved = await this.record(changes);
-
-    // 4. Copies that may lack what the new primary has, or hold what it lacks: every copy but
-    // those that answered the fence with the new primary's very version. (A replica one version
-    // behind, left so by a primary that died between its replicas' commits, would otherwise serve
-    // the older version again after readers saw the newer one.)
-    for (const [name, entry] of moved) {
-      const mine = (answers.get(name) ?? []).find((a) => a.id === entry.primary)!;
+      const mine = answered.find((a) => a.id === to)!;
+      versions.set(name, mine.version);
+      // 3. Copies that may lack what the new primary has, or hold what it lacks: every copy but
+      // those that answered the fence with the new primary's very version (a replica one version
+      // behind, left so by a primary that died between its replicas' commits, would otherwise
+      // serve the older version again after readers saw the newer one). Marked, durably, before
+      // the new placement exists, so no crash can leave one readable without its mark.
       const same = new Set((answers.get(name) ?? []).filter((a) => a.version === mine.version && a.sha256 === mine.sha256).map((a) => a.id));
-      for (const id of entry.replicas) if (!same.has(id)) this.cluster.markBehind(name, id);
+      for (const id of replicas) if (!same.has(id)) stale.push({ server: id, name });
     }
+    await this.markBehind(stale);
 
+    // 4. Durably, before any write is routed to a new primary.
+    const moved = await this.record(changes);
 
     // 5. Tell the servers.
     await this.announce(moved, []);
@@ -196,8 +198,8 @@ export class PlacementChanges {
       for (const id of entry.replicas) if (!next.includes(id)) dropped.push({ name, id });
       return { name, epoch: entry.epoch, placementEpoch: entry.placementEpoch, primary: this.refOf(entry.primary), replicas: next.map(this.refOf) };
     });
-    // Before the change is visible: a new copy has nothing until its server copies it.
-    for (const { name, id } of added) this.cluster.markBehind(name, id);
+    // Durably, before the change is visible: a new copy has nothing until its server copies it.
+    await this.markBehind(added.map(({ name, id }) => ({ server: id, name })));
     const moved = await this.record(changes);
     const movedNames = new Set(moved.map(([name]) => name));
     await this.announce(
@@ -266,7 +268,7 @@ export class PlacementChanges {
             await conn.call('rep.placement', { copies: batch.map(entryOf), servers, markSeq: this.cluster.currentMarkSeq }, { timeoutMs: PEER_CALL_TIMEOUT_MS });
           } catch (err) {
             this.log.info('a server missed a placement change; it learns it from its next request', { server: id, files: batch.length, error: toDfsError(err).message });
-            for (const [name, e] of batch) if (e.replicas.includes(id)) this.cluster.markBehind(name, id);
+            await this.markBehind(batch.filter(([, e]) => e.replicas.includes(id)).map(([name]) => ({ server: id, name })));
           }
         }
       }),

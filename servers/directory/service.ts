@@ -31,6 +31,7 @@ import type { RunningService } from '../../shared/service.js';
 import { Cluster, compareIds } from './cluster.js';
 import { Draining } from './draining.js';
 import { Failover } from './failover.js';
+import { MarkStore, type MarkedCopy } from './mark-store.js';
 import { PlacementChanges, type NamedEntry } from './placement-changes.js';
 import { planRebalance } from './rebalance.js';
 import { DEFAULT_REPLACE_AFTER_MS, Rereplication } from './rereplication.js';
@@ -79,10 +80,24 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
   const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs });
   const refOf = serverRefs(table, cluster);
   const draining = await Draining.open(options.dataDir);
-  const changes = new PlacementChanges(table, cluster, refOf, log);
+  let markStore: MarkStore;
+  try {
+    const opened = await MarkStore.open(options.dataDir, () => cluster.allMarks(), { log, onFailure: (err) => options.onFatal?.(err) });
+    markStore = opened.store;
+    cluster.loadMarks(opened.marks);
+  } catch (err) {
+    await table.close();
+    throw err;
+  }
+  /** Marks copies behind in memory at once and on disk; resolves once durable. */
+  const markBehind = async (copies: readonly MarkedCopy[]): Promise<void> => {
+    const fresh = copies.filter((c) => cluster.markBehind(c.name, c.server).fresh);
+    await markStore.mark(fresh);
+  };
+  const changes = new PlacementChanges(table, cluster, refOf, markBehind, log);
   const failover = new Failover(table, cluster, changes, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
   const rereplication = new Rereplication(table, cluster, changes, draining, { replaceAfterMs: options.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log });
-  const services = { failover, rereplication, changes, draining };
+  const services = { failover, rereplication, changes, draining, markStore, markBehind };
   const server = new RpcServer({
     host: options.host,
     port: options.port,
@@ -129,6 +144,7 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
         changes.close();
         await server.close();
         await table.close();
+        await markStore.close();
         log.info('file table saved', { files: table.size });
       })();
       return closing;
@@ -152,11 +168,14 @@ interface PlacementServices {
   rereplication: Rereplication;
   changes: PlacementChanges;
   draining: Draining;
+  markStore: MarkStore;
+  markBehind: (copies: readonly MarkedCopy[]) => Promise<void>;
 }
 
 export function directoryHandlers(table: FileTable, cluster: Cluster, options: DirectoryOptions, services: PlacementServices): Handlers {
   const { log } = options;
-  const { failover, rereplication, changes, draining } = services;
+  const { failover, rereplication, changes, draining, markStore, markBehind } = services;
+  const cleared = (server: string, names: readonly string[]) => markStore.clear(names.map((name) => ({ server, name })));
   const refOf = serverRefs(table, cluster);
 
   const placementOf = (name: string, entry: FileEntry): Placement => ({
@@ -211,7 +230,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       if (epoch !== undefined && current.epoch !== epoch) throw new DfsError('NOT_FOUND', `${name} at epoch ${epoch} no longer exists (it was created again, epoch ${current.epoch})`);
       const placement = placementOf(name, current);
       const entry = await table.remove(name);
-      cluster.forget(name, entry);
+      for (const server of cluster.forget(name, entry)) cleared(server, [name]);
       log.debug('deleted', { name, epoch: entry.epoch });
       return placement;
     }),
@@ -251,8 +270,15 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       };
     }),
 
-    register: op(directoryOps.register, async ({ id, url }, ctx): Promise<RegisterResult> => {
+    register: op(directoryOps.register, async ({ id, url, fresh }, ctx): Promise<RegisterResult> => {
       const registration = cluster.register(id, url);
+      if (fresh) {
+        // Its data folder is new (or was lost): none of its replica copies holds anything yet.
+        const copies: MarkedCopy[] = [];
+        for (const [name, entry] of table.files()) if (entry.replicas.includes(id)) copies.push({ server: id, name });
+        await markBehind(copies);
+        if (copies.length > 0) log.warn('a server registered with an empty data folder; its copies are marked behind until it catches up', { id, copies: copies.length });
+      }
       ctx.conn.label = id;
       const held = table.loadOf(id);
       const event = { new: 'server registered', down: 'server rejoined', up: 'server registered again' }[registration.before];
@@ -309,23 +335,31 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
 
     synced: op(directoryOps.synced, ({ id, upTo }): SyncedResult => {
       sweep(cluster, log);
-      const { cleared } = cluster.synced(id, upTo);
-      log.info('server synced', { id, upTo, cleared, stillBehind: cluster.behindCount(id) });
+      const done = cluster.synced(id, upTo).cleared;
+      cleared(id, done);
+      log.info('server synced', { id, upTo, cleared: done.length, stillBehind: cluster.behindCount(id) });
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
     caughtUp: op(directoryOps.caughtUp, ({ id, upTo, names }): SyncedResult => {
       sweep(cluster, log);
-      const { cleared } = cluster.caughtUp(id, upTo, names);
-      log.info('server caught up copies', { id, upTo, names: names.length, cleared, stillBehind: cluster.behindCount(id) });
+      const done = cluster.caughtUp(id, upTo, names).cleared;
+      cleared(id, done);
+      log.info('server caught up copies', { id, upTo, names: names.length, cleared: done.length, stillBehind: cluster.behindCount(id) });
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    behind: op(directoryOps.behind, ({ id, by, names }): BehindResult => {
+    behind: op(directoryOps.behind, async ({ id, by, names, keep }): Promise<BehindResult> => {
       let marked = 0;
       let ignored = 0;
       let refused = 0;
-      let fresh = 0;
+      if (keep) {
+        // A server that could not check these copies keeps the marks they have, and gets no new ones.
+        if (by !== id) throw new DfsError('BAD_REQUEST', 'keep is for a server reporting its own copies (by = id)');
+        marked = cluster.renewMarks(id, names);
+        return { markSeq: cluster.currentMarkSeq, marked, ignored: names.length - marked, refused };
+      }
+      const fresh: MarkedCopy[] = [];
       for (const name of names) {
         const entry = table.get(name);
         // A report from a server that lost the primary role (failover) must not let its write count.
@@ -338,10 +372,12 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
           ignored++;
           continue;
         }
-        if (cluster.markBehind(name, id).fresh) fresh++;
+        if (cluster.markBehind(name, id).fresh) fresh.push({ server: id, name });
         marked++;
       }
-      if (fresh > 0) log.info('copies marked behind', { id, names: fresh, first: names[0], behindFiles: cluster.behindCount(id) });
+      // On disk before the answer: the primary acknowledges its write on the strength of it.
+      await markStore.mark(fresh);
+      if (fresh.length > 0) log.info('copies marked behind', { id, names: fresh.length, first: names[0], behindFiles: cluster.behindCount(id) });
       else if (marked > 0) log.debug('copies marked behind again', { id, names: marked });
       if (refused > 0) log.info('refused behind marks from a server that is not the primary', { id, by, names: refused, first: names[0] });
       return { markSeq: cluster.currentMarkSeq, marked, ignored, refused };
@@ -369,7 +405,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         throw new DfsError('BAD_REQUEST', `server ${id} still holds ${load.files} copies (${load.primaries} as primary); drain it first (dfs server drain ${id}) and remove it once it holds none`);
       }
       await draining.delete(id);
-      cluster.removeMember(id);
+      cleared(id, cluster.removeMember(id));
       log.info('server removed', { id });
       return { id, ...load };
     }),

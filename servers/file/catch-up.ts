@@ -114,11 +114,15 @@ export class CatchUp {
       if (dropped > 0) this.log.info('moved copies the directory no longer assigns here to orphaned/', { copies: dropped });
       const primaries = holdings.filter((h) => h.role === 'primary');
       const reported = await this.verifyReplicas(primaries);
-      const { fetched, behind } = await this.pull(replicaCopies);
+      const { fetched, behind, unverified } = await this.pull(replicaCopies);
       await this.server.reportBehindMany(this.server.id, behind);
+      await this.server.keepMarks(unverified);
+      // Whether they may be read is the directory's call now: it reads no copy it has marked.
+      for (const name of unverified) this.server.suspect.delete(name);
       const conn = await this.server.directory();
       await conn.call('synced', { id: this.server.id, upTo: markSeq });
-      this.log.info('caught up', { files: holdings.length, fetched, dropped, behind: behind.length, replicasBehind: reported, ms: Date.now() - started });
+      await this.server.noteCaughtUp();
+      this.log.info('caught up', { files: holdings.length, fetched, dropped, behind: behind.length, unverified: unverified.length || undefined, replicasBehind: reported, ms: Date.now() - started });
     } catch (err) {
       this.log.warn('catch-up failed; will retry', { error: toDfsError(err).message });
       throw err;
@@ -152,8 +156,8 @@ export class CatchUp {
       }
       const replicas = holdings.filter((h) => h.role === 'replica');
       for (const h of holdings) if (h.role === 'primary') this.server.suspect.delete(h.name);
-      const { fetched, behind } = await this.pull(replicas);
-      const stillBehind = new Set(behind);
+      const { fetched, behind, unverified } = await this.pull(replicas);
+      const stillBehind = new Set([...behind, ...unverified]);
       const done = names.filter((name) => !stillBehind.has(name));
       await this.server.reportBehindMany(this.server.id, behind);
       const conn = await this.server.directory();
@@ -168,9 +172,15 @@ export class CatchUp {
     }
   }
 
-  /** Brings replica copies up to their primaries' versions; returns those it could not. */
-  private async pull(copies: Holding[]): Promise<{ fetched: number; behind: string[] }> {
+  /**
+   * Brings replica copies up to their primaries' versions. Returns those it could not: `behind`
+   * (they differ from their primary and could not be fetched) and `unverified` (their primary
+   * could not be asked; they keep whatever marks the directory has on them: without one, they
+   * hold every acknowledged write, since a write that missed them marked them first).
+   */
+  private async pull(copies: Holding[]): Promise<{ fetched: number; behind: string[]; unverified: string[] }> {
     const behind: string[] = [];
+    const unverified: string[] = [];
     let fetched = 0;
     await Promise.all(
       [...groupBy(copies, (h) => h.primary.url)].map(async ([url, group]) => {
@@ -178,8 +188,8 @@ export class CatchUp {
         try {
           conn = await this.server.peers.get(url);
         } catch {
-          for (const h of group) behind.push(h.name);
-          this.log.warn('primary unreachable; its files stay behind', { primary: group[0]!.primary.id, files: group.length });
+          for (const h of group) unverified.push(h.name);
+          this.log.warn('primary unreachable; its files keep the marks they have', { primary: group[0]!.primary.id, files: group.length });
           return;
         }
         for (const batch of versionBatches(group, (h) => h.name)) {
@@ -188,7 +198,7 @@ export class CatchUp {
             theirs = await askVersions(conn, batch.map((h) => h.name));
           } catch (err) {
             this.log.warn('primary stopped answering during catch-up', { primary: batch[0]!.primary.id, error: toDfsError(err).message });
-            for (const h of batch) behind.push(h.name);
+            for (const h of batch) unverified.push(h.name);
             continue;
           }
           const differing: Holding[] = [];
@@ -209,7 +219,7 @@ export class CatchUp {
         }
       }),
     );
-    return { fetched, behind };
+    return { fetched, behind, unverified };
   }
 
   /** Whether a replica's copy is this primary's version, or both have nothing (version 0). */

@@ -3,7 +3,10 @@
  * Wires the version store, the replication protocol and catch-up to the RPC server, and keeps
  * the server registered and heartbeating with the directory.
  */
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
 import { TokenBucket } from 'limiter';
+import { writeFileDurably } from '../../shared/durable.js';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
@@ -57,6 +60,17 @@ export interface FileServerOptions {
 }
 
 export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
+/** Written in the data folder after its first full catch-up (docs/PROTOCOL.md, "Catch-up"). */
+export const SERVER_FILE = 'server.json';
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
 export const DEFAULT_REPLICA_TIMEOUT_MS = 1000;
 export const DEFAULT_COPY_RATE_BYTES_PER_SEC = 128 << 20;
 
@@ -93,6 +107,8 @@ export class FileServer {
   private heartbeatTimer: NodeJS.Timeout | null = null;
   stopping = false;
   private registered = false;
+  /** No full catch-up has finished with this data folder yet (no server.json). */
+  private fresh = false;
   url = '';
 
   private constructor(
@@ -116,6 +132,7 @@ export class FileServer {
   static async start(options: FileServerOptions): Promise<FileServer> {
     const store = await FileStore.open(options.dataDir, options.log);
     const server = new FileServer(options, store);
+    server.fresh = !(await exists(join(options.dataDir, SERVER_FILE)));
     await server.rpc.listen();
     server.url = options.advertiseUrl ?? server.rpc.url;
     options.log.info('listening', { url: server.url, id: options.id, files: store.count, data: options.dataDir });
@@ -179,7 +196,8 @@ export class FileServer {
 
   private async join(): Promise<void> {
     const conn = await this.directory();
-    const reg = (await conn.call('register', { id: this.id, url: this.url })).result as RegisterResult;
+    // A data folder that has not finished a catch-up since it was made says so: its copies hold nothing yet.
+    const reg = (await conn.call('register', this.fresh ? { id: this.id, url: this.url, fresh: true } : { id: this.id, url: this.url })).result as RegisterResult;
     this.registered = true;
     this.options.log.info('registered with the directory', { directory: this.options.directoryUrl });
     this.startHeartbeat(reg.heartbeatMs);
@@ -223,6 +241,23 @@ export class FileServer {
         this.joinLoop();
       }
     }
+  }
+
+  /**
+   * Copies a full catch-up could not check (their primary is unreachable) keep the marks the
+   * directory has on them past `synced`, and get no new ones.
+   */
+  async keepMarks(names: readonly string[]): Promise<void> {
+    if (names.length === 0) return;
+    const conn = await this.directory();
+    for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: this.id, by: this.id, names: batch, keep: true });
+  }
+
+  /** After the first full catch-up, the data folder is known to the cluster: it is no longer fresh. */
+  async noteCaughtUp(): Promise<void> {
+    if (!this.fresh) return;
+    await writeFileDurably(join(this.options.dataDir, SERVER_FILE), JSON.stringify({ id: this.id, since: new Date().toISOString() }) + '\n');
+    this.fresh = false;
   }
 
   /** Tells the directory a replica missed a version, so reads avoid it until it catches up. */
