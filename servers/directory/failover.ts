@@ -17,6 +17,12 @@ export { choosePrimary } from './placement-changes.js';
 const LOGGED_PROMOTIONS = 20;
 /** A round that left files stuck is tried again after this. */
 const STUCK_RETRY_MS = 2000;
+/**
+ * A server not heard from since this directory started is given this much longer than the
+ * failover time: at a cluster's start, a server with many files takes seconds to load them
+ * before it registers, and its files should not change primary for that.
+ */
+export const STARTUP_GRACE_MS = 10_000;
 
 export type FailoverRecord = FailoverSummary;
 
@@ -49,13 +55,13 @@ export class Failover {
   /**
    * Starts a round for the down primary that has been silent longest, if one is due. A server
    * the table names that has not registered since this directory started counts as silent since
-   * the start.
+   * the start, less STARTUP_GRACE_MS.
    */
   tick(): void {
     if (this.changes.busy) return;
     const now = Date.now();
     const silent = this.cluster.downMembers();
-    for (const id of this.table.serverIds()) if (!this.cluster.isRegistered(id)) silent.push({ id, silentMs: now - this.startedAt });
+    for (const id of this.table.serverIds()) if (!this.cluster.isRegistered(id)) silent.push({ id, silentMs: now - this.startedAt - STARTUP_GRACE_MS });
     const due = silent
       .filter((d) => d.silentMs >= this.options.failoverAfterMs && this.table.loadOf(d.id).primaries > 0 && (this.retryAt.get(d.id) ?? 0) <= now)
       .sort((a, b) => b.silentMs - a.silentMs)[0];

@@ -271,14 +271,16 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
     }),
 
     register: op(directoryOps.register, async ({ id, url, fresh }, ctx): Promise<RegisterResult> => {
-      const registration = cluster.register(id, url);
       if (fresh) {
         // Its data folder is new (or was lost): none of its replica copies holds anything yet.
+        // Marked before the registration's mark sequence is taken, so that the full catch-up
+        // that follows checks them all and its `synced` clears them.
         const copies: MarkedCopy[] = [];
         for (const [name, entry] of table.files()) if (entry.replicas.includes(id)) copies.push({ server: id, name });
         await markBehind(copies);
-        if (copies.length > 0) log.warn('a server registered with an empty data folder; its copies are marked behind until it catches up', { id, copies: copies.length });
+        if (copies.length > 0) log.warn('a server registered with a fresh data folder; its replica copies are marked behind until it catches up', { id, copies: copies.length });
       }
+      const registration = cluster.register(id, url);
       ctx.conn.label = id;
       const held = table.loadOf(id);
       const event = { new: 'server registered', down: 'server rejoined', up: 'server registered again' }[registration.before];
