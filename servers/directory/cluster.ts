@@ -255,6 +255,14 @@ export class Cluster {
     return renewed;
   }
 
+  /** Drops the mark on a copy that is no longer part of its file; whether there was one. */
+  clearMark(id: string, name: string): boolean {
+    const forServer = this.marks.get(id);
+    if (!forServer?.delete(name)) return false;
+    if (forServer.size === 0) this.marks.delete(id);
+    return true;
+  }
+
   isBehind(id: string, name: string): boolean {
     return this.marks.get(id)?.has(name) ?? false;
   }

@@ -80,6 +80,8 @@ export class PlacementChanges {
     private readonly refOf: (id: string) => ServerRef,
     /** Marks copies behind, durably (the cluster's marks and the mark store). */
     private readonly markBehind: (copies: readonly MarkedCopy[]) => Promise<void>,
+    /** Forgets the marks of copies that left their file. */
+    private readonly forgetMarks: (copies: readonly MarkedCopy[]) => void,
     private readonly log: Logger,
   ) {
     this.peers = new ConnectionPool({ retryAfterMs: 500, connectTimeoutMs: 2000, log });
@@ -202,10 +204,9 @@ export class PlacementChanges {
     await this.markBehind(added.map(({ name, id }) => ({ server: id, name })));
     const moved = await this.record(changes);
     const movedNames = new Set(moved.map(([name]) => name));
-    await this.announce(
-      moved,
-      dropped.filter((d) => movedNames.has(d.name)),
-    );
+    const gone = dropped.filter((d) => movedNames.has(d.name));
+    this.forgetMarks(gone.map(({ name, id }) => ({ server: id, name })));
+    await this.announce(moved, gone);
     return { moved, added: added.filter((a) => movedNames.has(a.name)) };
   }
 

@@ -153,7 +153,10 @@ export class Rereplication {
     }
     if (files.length === 0) {
       this.retryAt.set(victim, Date.now() + (waiting > 0 ? 1000 : 10_000));
-      if (noTarget > 0) log.warn('re-replication: no live server can take a new copy', { server: victim, files: noTarget, liveServers: targets.length });
+      if (noTarget > 0) {
+        this.lastRound = { at: Date.now(), server: victim, reason: kind === 'dead' ? 'down' : 'drained', newCopies: 0, dropped: 0, noTarget };
+        log.warn('re-replication: no live server can take a new copy', { server: victim, files: noTarget, liveServers: targets.length });
+      }
       return;
     }
     const { moved, added } = await this.changes.moveCopies(files, next);

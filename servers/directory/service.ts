@@ -94,7 +94,8 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     const fresh = copies.filter((c) => cluster.markBehind(c.name, c.server).fresh);
     await markStore.mark(fresh);
   };
-  const changes = new PlacementChanges(table, cluster, refOf, markBehind, log);
+  const forgetMarks = (copies: readonly MarkedCopy[]): void => markStore.clear(copies.filter((c) => cluster.clearMark(c.server, c.name)));
+  const changes = new PlacementChanges(table, cluster, refOf, markBehind, forgetMarks, log);
   const failover = new Failover(table, cluster, changes, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
   const rereplication = new Rereplication(table, cluster, changes, draining, { replaceAfterMs: options.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log });
   const services = { failover, rereplication, changes, draining, markStore, markBehind };
