@@ -9,7 +9,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
 import { connect } from '../shared/rpc.js';
-import type { PlacementResult, ReadResult, StatusResult } from '../shared/protocol.js';
+import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { failure } from './helpers/raw.js';
 import { waitFor } from './helpers/wait.js';
@@ -21,10 +21,6 @@ let cluster: Cluster;
 let writer: DfsClient;
 let reader: DfsClient;
 let cachedReader: DfsClient;
-
-async function placement(name: string): Promise<PlacementResult> {
-  return (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
-}
 
 async function versionOn(url: string, name: string, epoch: number): Promise<number> {
   const conn = await connect(url);
@@ -53,11 +49,9 @@ test('a version readers saw before failover is still what they read after it', a
   const name = 'review/lagging.txt';
   await writer.create(name);
   await writer.write(name, 'one\n');
-  const before = await placement(name);
+  const before = await cluster.placement(name);
   const victim = cluster.server(before.primary.id);
-  await victim.proc.stop();
-  await cluster.startFileServer(victim.id, { DFS_CRASH_AT: `write:after-replica-commit@${name}` });
-  await cluster.waitInSync(20_000);
+  await cluster.restartWithCrashPoint(victim.id, 'write:after-replica-commit', name);
 
   // One write by hand, without retries: the primary dies after the first replica's commit.
   const lock = await writer.lock(name);
@@ -85,7 +79,7 @@ test('a version readers saw before failover is still what they read after it', a
     },
     { timeoutMs: 20_000, what: 'the failover' },
   );
-  const after = await placement(name);
+  const after = await cluster.placement(name);
   console.log(`  [failover] promoted ${after.primary.id}; copies: ${after.copies.map((c) => `${c.id}:${c.role}:${c.inSync ? 'in-sync' : 'not'}`).join(' ')}`);
   const reads: string[] = [];
   for (let i = 0; i < 4; i++) reads.push((await reader.read(name)).content.toString());

@@ -6,7 +6,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
-import type { PlacementResult, StatusResult } from '../shared/protocol.js';
+import type { StatusResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -14,10 +14,6 @@ const test = suite('failover-never-written');
 const FAILOVER_MS = 1500;
 let cluster: Cluster;
 let writer: DfsClient;
-
-async function placement(name: string): Promise<PlacementResult> {
-  return (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
-}
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: FAILOVER_MS, directoryArgs: ['--failover-after-ms', String(FAILOVER_MS)] });
@@ -32,7 +28,7 @@ test.after(async () => {
 test('a created, never-written file fails over when its primary dies', async () => {
   const name = 'review/empty.txt';
   await writer.create(name);
-  const before = await placement(name);
+  const before = await cluster.placement(name);
   assert.ok(before.copies.every((c) => c.up && c.inSync), 'every copy in sync at version 0');
   const victim = cluster.server(before.primary.id);
   const since = Date.now();

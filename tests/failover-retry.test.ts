@@ -6,7 +6,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
-import type { PlacementResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 
 const test = suite('failover-retry');
@@ -14,10 +13,6 @@ const FAILOVER_MS = 1500;
 let cluster: Cluster;
 let writer: DfsClient;
 let reader: DfsClient;
-
-async function placement(name: string): Promise<PlacementResult> {
-  return (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
-}
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: FAILOVER_MS, directoryArgs: ['--failover-after-ms', String(FAILOVER_MS)] });
@@ -35,17 +30,15 @@ test('primary dies at write:before-ack; the retry on the promoted replica applie
   const name = 'review/dup.txt';
   await writer.create(name);
   await writer.append(name, 'one\n');
-  const before = await placement(name);
+  const before = await cluster.placement(name);
   const victim = cluster.server(before.primary.id);
-  await victim.proc.stop();
-  await cluster.startFileServer(victim.id, { DFS_CRASH_AT: `write:before-ack@${name}` });
-  await cluster.waitInSync(20_000);
+  await cluster.restartWithCrashPoint(victim.id, 'write:before-ack', name);
 
   const acked = writer.append(name, 'two\n');
   await victim.proc.waitForExit(20_000);
   assert.is(victim.proc.exit?.signal, 'SIGKILL', 'the primary died at write:before-ack');
   const result = await acked; // the client retries with the same requestId; failover makes it land
-  const after = await placement(name);
+  const after = await cluster.placement(name);
   assert.is.not(after.primary.id, victim.id, 'a replica was promoted');
   console.log(`  [failover] acknowledged v${result.version} by ${after.primary.id} (pe ${after.placementEpoch})`);
   const content = (await reader.read(name)).content.toString();

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
 import { DfsError } from '../shared/errors.js';
 import { connect } from '../shared/rpc.js';
-import type { PlacementResult, ReadResult, StatusResult } from '../shared/protocol.js';
+import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { choosePrimary } from '../servers/directory/failover.js';
 import { nextVersion } from '../servers/file/primary-writes.js';
 import { Cluster } from './helpers/cluster.js';
@@ -24,10 +24,6 @@ async function client(name: string, options: { cacheBytes?: number } = {}): Prom
   const c = await DfsClient.connect(cluster.directoryUrl, { clientName: name, retryBudgetMs: 30_000, ...options });
   clients.push(c);
   return c;
-}
-
-async function placement(name: string): Promise<PlacementResult> {
-  return (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
 }
 
 async function copyOn(url: string, name: string, epoch: number): Promise<{ version: number; content: string }> {
@@ -46,7 +42,7 @@ async function identicalCopies(name: string, timeoutMs = 30_000): Promise<string
   let last = '';
   await waitFor(
     async () => {
-      const p = await placement(name);
+      const p = await cluster.placement(name);
       const copies = await Promise.all([p.primary, ...p.replicas].map((s) => copyOn(s.url, name, p.epoch).catch(() => null)));
       if (copies.some((c) => c === null)) return false;
       last = copies.map((c) => `${c!.version}:${c!.content.length}`).join(' ');
@@ -54,7 +50,7 @@ async function identicalCopies(name: string, timeoutMs = 30_000): Promise<string
     },
     { timeoutMs, what: `identical copies of ${name} (last seen: ${last})` },
   );
-  const p = await placement(name);
+  const p = await cluster.placement(name);
   return (await copyOn(p.primary.url, name, p.epoch)).content;
 }
 
@@ -101,7 +97,7 @@ test('kill -9 the primary while 4 clients append: appends resume on a promoted r
   const name = 'failover/log.txt';
   const writers = await Promise.all([1, 2, 3, 4].map((k) => client(`appender-${k}`)));
   await writers[0]!.create(name);
-  const before = await placement(name);
+  const before = await cluster.placement(name);
   const victim = cluster.server(before.primary.id);
   const acked: string[][] = writers.map(() => []);
   let killedAt = 0;
@@ -126,7 +122,7 @@ test('kill -9 the primary while 4 clients append: appends resume on a promoted r
   const firstAfter = Math.min(...acked.flat().map((l) => Number(l.split(' ')[1])).filter((t) => t > killedAt));
   stop = true;
   await Promise.all(loops);
-  const now = await placement(name);
+  const now = await cluster.placement(name);
   assert.is.not(now.primary.id, victim.id, 'a replica became the primary');
   assert.ok(now.placementEpoch > before.placementEpoch, 'with a newer placement epoch');
   console.log(`  [failover] kill -9 → first acknowledged append ${firstAfter - killedAt} ms (failover after ${FAILOVER_MS} ms); ${failures.length} appends failed`);
@@ -146,13 +142,13 @@ test('a primary frozen past the failover time accepts nothing under its old epoc
   const writer = await client('frozen-writer');
   await writer.create(name);
   await writer.write(name, 'a\n');
-  const before = await placement(name);
+  const before = await cluster.placement(name);
   const old = cluster.server(before.primary.id);
   const frozenAt = Date.now();
   old.proc.freeze();
   await waitForFailoverOf(old.id, frozenAt);
   await writer.append(name, 'b\n');
-  const after = await placement(name);
+  const after = await cluster.placement(name);
   assert.is.not(after.primary.id, old.id);
 
   // A client that still has the old placement writes to the old primary as it wakes.
@@ -198,17 +194,17 @@ test('two faults in a row: the primary dies, then the promoted one dies too', as
   const writer = await client('twice-writer');
   await writer.create(name);
   await writer.append(name, 'one\n');
-  const first = cluster.server((await placement(name)).primary.id);
+  const first = cluster.server((await cluster.placement(name)).primary.id);
   let since = Date.now();
   await first.proc.kill9();
   await writer.append(name, 'two\n');
   await waitForFailoverOf(first.id, since);
-  const second = cluster.server((await placement(name)).primary.id);
+  const second = cluster.server((await cluster.placement(name)).primary.id);
   assert.is.not(second.id, first.id);
   since = Date.now();
   await second.proc.kill9();
   await writer.append(name, 'three\n');
-  const third = (await placement(name)).primary.id;
+  const third = (await cluster.placement(name)).primary.id;
   assert.ok(third !== first.id && third !== second.id, `a third server (${third}) took over`);
   const reader = await client('twice-reader', { cacheBytes: 0 });
   assert.is((await reader.read(name)).content.toString(), 'one\ntwo\nthree\n');
@@ -225,7 +221,7 @@ test('behind marks survive a directory restart: a stale replica is never promote
   const writer = await client('restart-writer');
   await writer.create(name);
   await writer.write(name, 'v1\n');
-  const p = await placement(name);
+  const p = await cluster.placement(name);
   const [a, b, c] = [cluster.server(p.primary.id), cluster.server(p.replicas[0]!.id), cluster.server(p.replicas[1]!.id)];
   // c misses v2: it is down, so the primary marks it behind (on disk) before acknowledging.
   await c.proc.kill9();
@@ -249,7 +245,7 @@ test('behind marks survive a directory restart: a stale replica is never promote
   const since = Date.now();
   await cluster.startFileServer(b.id);
   await waitForFailoverOf(a.id, since);
-  assert.is((await placement(name)).primary.id, b.id);
+  assert.is((await cluster.placement(name)).primary.id, b.id);
   assert.is((await reader.read(name)).content.toString(), 'v1\nv2\n');
   await writer.append(name, 'v3\n');
   await cluster.startFileServer(a.id);

@@ -11,7 +11,7 @@ import { DfsClient } from '../client/dfs-client.js';
 import { pickTarget } from '../servers/directory/rereplication.js';
 import { planRebalance } from '../servers/directory/rebalance.js';
 import { connect } from '../shared/rpc.js';
-import type { PlacementResult, ReadResult, StatusResult } from '../shared/protocol.js';
+import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { runCli } from './helpers/cli.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
@@ -21,10 +21,6 @@ const REPLACE_MS = 3000;
 let cluster: Cluster;
 let client: DfsClient;
 const FILES = Array.from({ length: 24 }, (_, i) => `rr/file-${i}.txt`);
-
-async function placement(name: string): Promise<PlacementResult> {
-  return (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
-}
 
 async function shaOn(url: string, name: string, epoch: number): Promise<string | null> {
   const conn = await connect(url);
@@ -46,7 +42,7 @@ async function fullyReplicated(copies: number, without: string[] = [], timeoutMs
   await waitFor(
     async () => {
       for (const name of FILES) {
-        const p = await placement(name);
+        const p = await cluster.placement(name);
         const bad = p.copies.find((c) => !c.up || !c.inSync || without.includes(c.id));
         if (p.copies.length !== copies || bad) {
           problem = `${name}: ${p.copies.map((c) => `${c.id}${c.up ? '' : ' down'}${c.inSync ? '' : ' behind'}`).join(', ')}`;
@@ -112,7 +108,7 @@ test('drain and remove a server: every file is back to 3 copies off it, byte-ide
   for (const name of FILES.slice(0, 8)) assert.match((await client.read(name)).content.toString(), /during the drain\n$/);
   const newFile = 'rr/after-drain.txt';
   await client.create(newFile);
-  assert.ok(!(await placement(newFile)).copies.some((c) => c.id === victim), 'a drained server takes no new files');
+  assert.ok(!(await cluster.placement(newFile)).copies.some((c) => c.id === victim), 'a drained server takes no new files');
   await client.delete(newFile);
   const removed = await runCli(['--directory', cluster.directoryUrl, 'server', 'remove', victim]);
   assert.is(removed.code, 0, removed.stderr);

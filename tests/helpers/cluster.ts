@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { connect, type RpcConnection } from '../../shared/rpc.js';
-import type { StatusResult } from '../../shared/protocol.js';
+import type { PlacementResult, StatusResult } from '../../shared/protocol.js';
 import { freePort, removeDir, startNode, tempDir, type ServiceProcess } from './process.js';
 import { waitFor } from './wait.js';
 
@@ -122,6 +122,18 @@ export class Cluster {
   async adminConn(): Promise<RpcConnection> {
     if (!this.admin || this.admin.closed) this.admin = await connect(this.directoryUrl);
     return this.admin;
+  }
+
+  async placement(name: string): Promise<PlacementResult> {
+    return (await (await this.adminConn()).call('placement', { name })).result as PlacementResult;
+  }
+
+  /** Restarts a file server armed to SIGKILL itself at a crash point of `name`'s writes, and waits until all are in sync. */
+  async restartWithCrashPoint(id: string, point: string, name: string): Promise<FileServerHandle> {
+    await this.server(id).proc.stop();
+    const handle = await this.startFileServer(id, { DFS_CRASH_AT: `${point}@${name}` });
+    await this.waitInSync(20_000);
+    return handle;
   }
 
   async status(): Promise<StatusResult> {
