@@ -31,6 +31,11 @@ interface PreparedCopy {
 
 /** Fenced files whose versions are collected at once. */
 const FENCE_CONCURRENCY = 64;
+/**
+ * How long a fence waits for one file's turn: a file held longer (a stalled write) is left out
+ * of the answer (not a candidate this round) instead of holding up the answer for all the others.
+ */
+const FENCE_TURN_WAIT_MS = 2000;
 
 export class ReplicaCopies {
   private readonly prepared = new Map<string, PreparedCopy>();
@@ -70,14 +75,19 @@ export class ReplicaCopies {
       this.drop(name);
     }
     const files: VersionsResult['files'] = [];
-    await eachLimited(fenced, FENCE_CONCURRENCY, (c) =>
-      s.mutex.run(c.name, async () => {
+    let answering = true;
+    await eachLimited(fenced, FENCE_CONCURRENCY, async (c) => {
+      let timer: NodeJS.Timeout | undefined;
+      const turn = s.mutex.run(c.name, async () => {
         this.drop(c.name);
         const meta = s.store.metaFor(c.name, c.epoch);
         // A copy known to be damaged or still catching up is not a candidate: it says nothing.
-        if (!s.store.isDamaged(c.name) && !s.suspect.has(c.name)) files.push({ name: c.name, epoch: c.epoch, version: meta.version, sha256: meta.sha256 });
-      }),
-    );
+        if (answering && !s.store.isDamaged(c.name) && !s.suspect.has(c.name)) files.push({ name: c.name, epoch: c.epoch, version: meta.version, sha256: meta.sha256 });
+      });
+      await Promise.race([turn, new Promise((resolve) => (timer = setTimeout(resolve, FENCE_TURN_WAIT_MS)))]);
+      clearTimeout(timer);
+    });
+    answering = false;
     return { files };
   }
 
