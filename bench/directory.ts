@@ -87,7 +87,7 @@ async function registerStandIns(directoryUrl: string, servers: ServerRef[]): Pro
       const conn = await connect(directoryUrl);
       conns.push(conn);
       const reg = (await conn.call('register', { id, url })).result as RegisterResult;
-      await conn.call('synced', { id, upTo: reg.markSeq });
+      await conn.call('synced', { id, upTo: reg.markSeq, boot: reg.boot });
       const timer = setInterval(() => void conn.call('heartbeat', { id }).catch(() => {}), reg.heartbeatMs);
       timer.unref();
       timers.push(timer);

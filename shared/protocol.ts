@@ -84,9 +84,9 @@ export const directoryOps = {
     .object({ id: serverId, after: z.string().max(255).optional(), limit: z.number().int().min(1).max(10_000).optional() })
     .strict(),
   /** A full catch-up is done: marks numbered up to `upTo` are cleared and the server stops syncing. */
-  synced: z.object({ id: serverId, upTo: counter }).strict(),
+  synced: z.object({ id: serverId, upTo: counter, boot: z.string().max(64) }).strict(),
   /** A partial catch-up is done for `names`: their marks numbered up to `upTo` are cleared. */
-  caughtUp: z.object({ id: serverId, upTo: counter, names: z.array(fileName).min(1).max(10_000) }).strict(),
+  caughtUp: z.object({ id: serverId, upTo: counter, boot: z.string().max(64), names: z.array(fileName).min(1).max(10_000) }).strict(),
   /**
    * The copies of `names` on server `id` missed writes, as reported by server `by`: their primary,
    * or `id` itself. A report by a server that is no longer a file's primary is refused.
@@ -216,6 +216,11 @@ export interface RegisterResult {
   heartbeatMs: number;
   /** The mark sequence at registration: a later `synced` with this `upTo` clears older marks. */
   markSeq: number;
+  /**
+   * This run of the directory: mark sequence numbers mean something only within one, so
+   * `synced` and `caughtUp` carry it, and one from an earlier run is refused.
+   */
+  boot: string;
 }
 
 export interface HeartbeatResult {
@@ -224,6 +229,7 @@ export interface HeartbeatResult {
   /** More copies are marked than fit in this answer. */
   more: boolean;
   markSeq: number;
+  boot: string;
 }
 
 export interface SyncedResult {
@@ -433,8 +439,9 @@ export const fileOps = {
         .min(1)
         .max(10_000),
       servers: z.record(serverId, wsUrl),
-      /** The directory's mark sequence: a server given new copies catches them up at once, up to it. */
+      /** The directory's mark sequence (and run): a server given new copies catches them up at once, up to it. */
       markSeq: counter.optional(),
+      boot: z.string().max(64).optional(),
     })
     .strict(),
   /** Peers during catch-up: the versions a server holds of the named files. */

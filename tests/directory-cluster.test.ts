@@ -121,7 +121,7 @@ test('behind marks: synced clears marks up to upTo and keeps later ones; caughtU
   const registration = cluster.register('r', 'ws://127.0.0.1:12001');
   assert.is(registration.markSeq, 2);
   cluster.markBehind('c', 'r'); // during the catch-up
-  assert.equal(cluster.heartbeat('r'), { behind: ['a', 'b', 'c'], more: false, markSeq: 3 });
+  assert.equal(cluster.heartbeat('r'), { behind: ['a', 'b', 'c'], more: false, markSeq: 3, boot: '' });
   cluster.markBehind('d', 'r'); // what the catch-up could not fix, marked before it says synced
   assert.equal(cluster.synced('r', registration.markSeq), { cleared: ['a', 'b'] });
   assert.is(cluster.isSyncing('r'), false);

@@ -53,6 +53,7 @@ const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.co
 class FakeFileServer {
   private timer: NodeJS.Timeout | null = null;
   markSeq = 0;
+  boot = '';
   heartbeatErrors: DfsError[] = [];
 
   private constructor(
@@ -73,6 +74,7 @@ class FakeFileServer {
     this.url = url;
     const result = await call<RegisterResult>(this.conn, 'register', { id: this.id, url });
     this.markSeq = result.markSeq;
+    this.boot = result.boot;
     this.stopHeartbeats();
     this.timer = setInterval(() => {
       this.conn.call('heartbeat', { id: this.id }).catch((err: DfsError) => this.heartbeatErrors.push(err));
@@ -83,7 +85,7 @@ class FakeFileServer {
   /** Reports a full catch-up done; `behind` are the copies it could not catch up (marked first). */
   async synced(behind: string[] = [], upTo = this.markSeq): Promise<unknown> {
     if (behind.length > 0) await call(this.conn, 'behind', { id: this.id, by: this.id, names: behind });
-    return call(this.conn, 'synced', { id: this.id, upTo });
+    return call(this.conn, 'synced', { id: this.id, upTo, boot: this.boot });
   }
 
   stopHeartbeats(): void {
@@ -171,8 +173,11 @@ test('bad names and bad arguments get BAD_REQUEST and change nothing', async () 
   assert.is(await codeOf(app.call('list', { limit: 0 })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('register', { id: '../evil', url: 'ws://127.0.0.1:1' })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('register', { id: 'fsx', url: 'http://127.0.0.1:1' })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12 })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('caughtUp', { id: 'fs1', upTo: 0, names: [] })), 'BAD_REQUEST');
+  const boot = fakes.find((f) => f.id === 'fs1')!.boot;
+  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12, boot })), 'BAD_REQUEST');
+  assert.is(await codeOf(app.call('caughtUp', { id: 'fs1', upTo: 0, boot, names: [] })), 'BAD_REQUEST');
+  // Sequence numbers of an earlier run of the directory are refused: register again.
+  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 0, boot: 'an-earlier-run' })), 'NOT_FOUND');
   assert.is(await codeOf(app.call('behind', { id: 'fs1', by: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
   assert.equal(await call<ListResult>(app, 'list', {}), before);
   assert.is((await call<StatusResult>(app, 'status', {})).files, files);
@@ -240,7 +245,7 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   });
 
   // r1 catches up that copy (a partial catch-up); r2 reports it is still behind.
-  await call(replica.conn, 'caughtUp', { id: r1, upTo: behind.markSeq, names: ['rr/file.txt'] });
+  await call(replica.conn, 'caughtUp', { id: r1, upTo: behind.markSeq, boot: replica.boot, names: ['rr/file.txt'] });
   const other = fakes.find((f) => f.id === r2)!;
   await other.synced(['rr/file.txt'], beat.markSeq);
   assert.equal(await readers(2), [r1, r1]);

@@ -96,7 +96,7 @@ test('the previous version’s table with collapsed U+FFFD rows: starts, serves,
   const fake = await connect(url);
   conns.push(fake);
   const registered = await call<RegisterResult>(fake, 'register', { id: 'fs1', url: 'ws://127.0.0.1:12001' });
-  await call(fake, 'synced', { id: 'fs1', upTo: registered.markSeq });
+  await call(fake, 'synced', { id: 'fs1', upTo: registered.markSeq, boot: registered.boot });
   assert.is((await call<Placement>(conn, 'create', { name: 'c.txt' })).epoch, 5);
 
   // Stopped cleanly and started again: the table is clean now, and nothing is set aside twice.

@@ -24,6 +24,8 @@ export interface ClusterOptions {
   replication?: number;
   downAfterMs?: number;
   now?: () => number;
+  /** This run of the directory (see RegisterResult.boot); tests may leave it out. */
+  boot?: string;
 }
 
 interface Member {
@@ -71,6 +73,7 @@ export interface MemberView {
 export class Cluster {
   readonly replication: number;
   readonly downAfterMs: number;
+  readonly boot: string;
   private readonly now: () => number;
   private readonly members = new Map<string, Member>();
   /** server id → file name → mark sequence number. */
@@ -81,6 +84,7 @@ export class Cluster {
 
   constructor(options: ClusterOptions = {}) {
     this.replication = options.replication ?? DEFAULT_REPLICATION;
+    this.boot = options.boot ?? '';
     this.downAfterMs = options.downAfterMs ?? DEFAULT_DOWN_AFTER_MS;
     this.now = options.now ?? Date.now;
     if (!Number.isInteger(this.replication) || this.replication < 1) throw new RangeError('replication must be a whole number of at least 1');
@@ -114,7 +118,7 @@ export class Cluster {
    * Records a heartbeat; NOT_FOUND when the server must register (again) first. Answers with a
    * page (at most maxBytes of JSON) of the server's copies marked behind, oldest mark first.
    */
-  heartbeat(id: string, maxBytes = PAGE_BYTES): { behind: string[]; more: boolean; markSeq: number } {
+  heartbeat(id: string, maxBytes = PAGE_BYTES): { behind: string[]; more: boolean; markSeq: number; boot: string } {
     this.requireUp(id);
     const member = this.members.get(id)!;
     member.lastHeartbeat = this.now();
@@ -129,7 +133,7 @@ export class Cluster {
       }
       behind.push(name);
     }
-    return { behind, more, markSeq: this.markSeq };
+    return { behind, more, markSeq: this.markSeq, boot: this.boot };
   }
 
   /** Marks down every server silent for longer than downAfterMs; returns those newly down. */
@@ -272,8 +276,8 @@ export class Cluster {
   }
 
   /** A server finished a full catch-up with everything marked up to `upTo`: those marks go, and it stops syncing. */
-  synced(id: string, upTo: number): { cleared: string[] } {
-    this.requireCurrentSeq(id, upTo);
+  synced(id: string, upTo: number, boot = this.boot): { cleared: string[] } {
+    this.requireCurrentSeq(id, upTo, boot);
     const cleared: string[] = [];
     const forServer = this.marks.get(id);
     if (forServer) {
@@ -290,8 +294,8 @@ export class Cluster {
   }
 
   /** A server caught up the named copies with everything marked up to `upTo`: their marks go. */
-  caughtUp(id: string, upTo: number, names: readonly string[]): { cleared: string[] } {
-    this.requireCurrentSeq(id, upTo);
+  caughtUp(id: string, upTo: number, names: readonly string[], boot = this.boot): { cleared: string[] } {
+    this.requireCurrentSeq(id, upTo, boot);
     const cleared: string[] = [];
     const forServer = this.marks.get(id);
     if (!forServer) return { cleared };
@@ -306,8 +310,10 @@ export class Cluster {
     return { cleared };
   }
 
-  private requireCurrentSeq(id: string, upTo: number): void {
+  private requireCurrentSeq(id: string, upTo: number, boot: string): void {
     this.requireUp(id);
+    // A catch-up begun under an earlier run of the directory: its sequence numbers are not these.
+    if (boot !== this.boot) throw new DfsError('NOT_FOUND', `the directory restarted since this catch-up began; register again`);
     if (upTo > this.markSeq) {
       throw new DfsError('BAD_REQUEST', `upTo ${upTo} is ahead of the directory's mark sequence ${this.markSeq}; use the markSeq from register or heartbeat`);
     }

@@ -266,7 +266,7 @@ export class PlacementChanges {
           for (const [, e] of batch) for (const sid of [e.primary, ...e.replicas]) servers[sid] ??= this.refOf(sid).url;
           try {
             const conn = await this.peers.get(url);
-            await conn.call('rep.placement', { copies: batch.map(entryOf), servers, markSeq: this.cluster.currentMarkSeq }, { timeoutMs: PEER_CALL_TIMEOUT_MS });
+            await conn.call('rep.placement', { copies: batch.map(entryOf), servers, markSeq: this.cluster.currentMarkSeq, boot: this.cluster.boot }, { timeoutMs: PEER_CALL_TIMEOUT_MS });
           } catch (err) {
             this.log.info('a server missed a placement change; it learns it from its next request', { server: id, files: batch.length, error: toDfsError(err).message });
             await this.markBehind(batch.filter(([, e]) => e.replicas.includes(id)).map(([name]) => ({ server: id, name })));

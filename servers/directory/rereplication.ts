@@ -119,8 +119,8 @@ export class Rereplication {
       for (const [name, entry] of this.table.files()) if (entry.primary === victim && files.length < FILES_PER_ROUND) files.push([name, entry]);
       const { moved, stuck } = await this.changes.handOver(victim, files);
       log.info('drain: handed primaries to in-sync replicas', { server: victim, files: files.length, moved: moved.length, stuck });
-      if (moved.length === 0) this.retryAt.set(victim, Date.now() + 5000);
-      return;
+      if (moved.length > 0) return;
+      // None could be handed over (no in-sync replica): those files get a new copy first, below.
     }
     const targets = this.targets();
     const filesOf = new Map<string, number>();
@@ -131,8 +131,26 @@ export class Rereplication {
     let waiting = 0;
     for (const [name, entry] of this.table.files()) {
       if (files.length >= FILES_PER_ROUND) break;
-      if (!entry.replicas.includes(victim)) continue;
       const holders = [entry.primary, ...entry.replicas];
+      if (kind === 'draining' && entry.primary === victim) {
+        // A primary with no in-sync replica to take it: a new copy first (once it is in sync,
+        // the next round hands the primary to it). One being made already: wait for it.
+        if (entry.replicas.some((id) => this.cluster.isReadable(id, name))) continue;
+        if (entry.replicas.some((id) => this.cluster.isUp(id) && !this.draining.has(id))) {
+          waiting++;
+          continue;
+        }
+        const target = pickTarget(holders, targets, load);
+        if (target === null) {
+          noTarget++;
+          continue;
+        }
+        filesOf.set(target, load(target) + 1);
+        files.push([name, entry]);
+        next.push([...entry.replicas, target]);
+        continue;
+      }
+      if (!entry.replicas.includes(victim)) continue;
       const others = holders.filter((id) => id !== victim);
       if (kind === 'draining' && others.length >= Math.min(replication, holders.length)) {
         // Enough copies without it: dropped once those are all in sync.

@@ -3,6 +3,7 @@
  * to an RpcServer. Arguments are checked by the schemas in shared/protocol.ts before a handler
  * runs; the handlers check what a schema cannot (the file exists, the server holds that copy).
  */
+import { randomBytes } from 'node:crypto';
 import { DfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
 import type { Logger } from '../../shared/log.js';
@@ -77,7 +78,7 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     compactAfterRows: options.compactAfterRows,
     onFailure: (err) => options.onFatal?.(err),
   });
-  const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs });
+  const cluster = new Cluster({ replication: options.replication, downAfterMs: options.downAfterMs, boot: randomBytes(8).toString('hex') });
   const refOf = serverRefs(table, cluster);
   const draining = await Draining.open(options.dataDir);
   let markStore: MarkStore;
@@ -91,8 +92,8 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
   }
   /** Marks copies behind in memory at once and on disk; resolves once durable. */
   const markBehind = async (copies: readonly MarkedCopy[]): Promise<void> => {
-    const fresh = copies.filter((c) => cluster.markBehind(c.name, c.server).fresh);
-    await markStore.mark(fresh);
+    for (const c of copies) cluster.markBehind(c.name, c.server);
+    await markStore.mark(copies);
   };
   const forgetMarks = (copies: readonly MarkedCopy[]): void => markStore.clear(copies.filter((c) => cluster.clearMark(c.server, c.name)));
   const changes = new PlacementChanges(table, cluster, refOf, markBehind, forgetMarks, log);
@@ -297,7 +298,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         const rows = await table.setServerUrl(id, url);
         log.info('server moved; its rows now carry the new URL', { id, from: tableUrl, to: url, rows });
       }
-      return { heartbeatMs: cluster.heartbeatMs, markSeq: registration.markSeq };
+      return { heartbeatMs: cluster.heartbeatMs, markSeq: registration.markSeq, boot: cluster.boot };
     }),
 
     heartbeat: op(directoryOps.heartbeat, ({ id }): HeartbeatResult => {
@@ -336,17 +337,17 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { copies: copies.map(({ name }) => copyOf(name)), servers, more };
     }),
 
-    synced: op(directoryOps.synced, ({ id, upTo }): SyncedResult => {
+    synced: op(directoryOps.synced, ({ id, upTo, boot }): SyncedResult => {
       sweep(cluster, log);
-      const done = cluster.synced(id, upTo).cleared;
+      const done = cluster.synced(id, upTo, boot).cleared;
       cleared(id, done);
       log.info('server synced', { id, upTo, cleared: done.length, stillBehind: cluster.behindCount(id) });
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    caughtUp: op(directoryOps.caughtUp, ({ id, upTo, names }): SyncedResult => {
+    caughtUp: op(directoryOps.caughtUp, ({ id, upTo, boot, names }): SyncedResult => {
       sweep(cluster, log);
-      const done = cluster.caughtUp(id, upTo, names).cleared;
+      const done = cluster.caughtUp(id, upTo, names, boot).cleared;
       cleared(id, done);
       log.info('server caught up copies', { id, upTo, names: names.length, cleared: done.length, stillBehind: cluster.behindCount(id) });
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
@@ -363,6 +364,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         return { markSeq: cluster.currentMarkSeq, marked, ignored: names.length - marked, refused };
       }
       const fresh: MarkedCopy[] = [];
+      const all: MarkedCopy[] = [];
       for (const name of names) {
         const entry = table.get(name);
         // A report from a server that lost the primary role (failover) must not let its write count.
@@ -376,10 +378,13 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
           continue;
         }
         if (cluster.markBehind(name, id).fresh) fresh.push({ server: id, name });
+        all.push({ server: id, name });
         marked++;
       }
-      // On disk before the answer: the primary acknowledges its write on the strength of it.
-      await markStore.mark(fresh);
+      // On disk before the answer: the primary acknowledges its write on the strength of it. Every
+      // mark is written, not only new ones: the first report of a copy may still be waiting for
+      // its fsync when a second (a retry) comes (appends share fsyncs, so this costs little).
+      await markStore.mark(all);
       if (fresh.length > 0) log.info('copies marked behind', { id, names: fresh.length, first: names[0], behindFiles: cluster.behindCount(id) });
       else if (marked > 0) log.debug('copies marked behind again', { id, names: marked });
       if (refused > 0) log.info('refused behind marks from a server that is not the primary', { id, by, names: refused, first: names[0] });

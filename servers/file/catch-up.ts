@@ -27,6 +27,8 @@ import type { RpcConnection } from '../../shared/rpc.js';
 import { copyFrom } from './copy-from.js';
 import type { FileServer } from './service.js';
 
+/** A primary that could not be reached is not tried again by partial catch-ups for this long. */
+const UNREACHABLE_BACKOFF_MS = 5000;
 /** Fetches of missed content running at once per primary. */
 const FETCH_CONCURRENCY = 8;
 /** A `versions` answer entry is its name plus about this much (epoch, version, sha256, JSON). */
@@ -59,6 +61,9 @@ async function askVersions(conn: RpcConnection, names: string[]): Promise<Map<st
 export class CatchUp {
   running = false;
   private partialRunning = false;
+  private rerun: { markSeq: number; boot: string } | null = null;
+  /** Primaries that could not be reached, by URL → until when partial catch-ups do not try them again. */
+  private readonly unreachableUntil = new Map<string, number>();
   /** During a full catch-up, the replica copies checked so far. */
   private readonly checked = new Set<string>();
   /** During a full catch-up, the primary copies whose replicas have been reconciled. */
@@ -80,8 +85,13 @@ export class CatchUp {
   }
 
   /** Runs a full catch-up; resolves when the directory has been told `synced`. */
-  async full(markSeq: number): Promise<void> {
-    if (this.running) return;
+  async full(markSeq: number, boot: string): Promise<void> {
+    if (this.running) {
+      // A registration since this one began (the directory restarted, say): run again for it
+      // once this one ends, so its `synced` is the one that counts.
+      this.rerun = { markSeq, boot };
+      return;
+    }
     this.running = true;
     this.checked.clear();
     this.reconciled.clear();
@@ -113,6 +123,9 @@ export class CatchUp {
       }
       if (dropped > 0) this.log.info('moved copies the directory no longer assigns here to orphaned/', { copies: dropped });
       const primaries = holdings.filter((h) => h.role === 'primary');
+      // A fresh data folder lost its primary copies: each is recovered from its replicas (as a
+      // damaged one is) before it is read or written, never taken as the newest.
+      if (this.server.isFresh) for (const h of primaries) this.server.store.markUnrecovered(h.name);
       const reported = await this.verifyReplicas(primaries);
       const { fetched, behind, unverified } = await this.pull(replicaCopies);
       await this.server.reportBehindMany(this.server.id, behind);
@@ -120,7 +133,7 @@ export class CatchUp {
       // Whether they may be read is the directory's call now: it reads no copy it has marked.
       for (const name of unverified) this.server.suspect.delete(name);
       const conn = await this.server.directory();
-      await conn.call('synced', { id: this.server.id, upTo: markSeq });
+      await conn.call('synced', { id: this.server.id, upTo: markSeq, boot });
       await this.server.noteCaughtUp();
       this.log.info('caught up', { files: holdings.length, fetched, dropped, behind: behind.length, unverified: unverified.length || undefined, replicasBehind: reported, ms: Date.now() - started });
     } catch (err) {
@@ -130,6 +143,9 @@ export class CatchUp {
       this.running = false;
       this.checked.clear();
       this.reconciled.clear();
+      const next = this.rerun;
+      this.rerun = null;
+      if (next) void this.full(next.markSeq, next.boot).catch(() => {});
     }
   }
 
@@ -137,7 +153,7 @@ export class CatchUp {
    * Catches up the named copies (a heartbeat said they missed writes). Resolves true when it
    * ran (false when another catch-up was already running).
    */
-  async some(names: string[], markSeq: number): Promise<boolean> {
+  async some(names: string[], markSeq: number, boot: string): Promise<boolean> {
     if (this.running || this.partialRunning) return false;
     this.partialRunning = true;
     try {
@@ -156,13 +172,14 @@ export class CatchUp {
       }
       const replicas = holdings.filter((h) => h.role === 'replica');
       for (const h of holdings) if (h.role === 'primary') this.server.suspect.delete(h.name);
-      const { fetched, behind, unverified } = await this.pull(replicas);
+      const { fetched, behind, unverified } = await this.pull(replicas, { backOff: true });
       const stillBehind = new Set([...behind, ...unverified]);
       const done = names.filter((name) => !stillBehind.has(name));
       await this.server.reportBehindMany(this.server.id, behind);
       const conn = await this.server.directory();
-      for (const batch of byteBatches(done, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('caughtUp', { id: this.server.id, upTo: markSeq, names: batch });
-      this.log.info('caught up behind copies', { files: names.length, fetched, behind: behind.length, gone: gone.length || undefined });
+      for (const batch of byteBatches(done, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('caughtUp', { id: this.server.id, upTo: markSeq, boot, names: batch });
+      // Every heartbeat brings back copies whose primary is away: only progress is worth a line.
+      this.log[fetched > 0 || done.length > 0 ? 'info' : 'debug']('caught up behind copies', { files: names.length, fetched, behind: behind.length, unverified: unverified.length || undefined, gone: gone.length || undefined });
       return true;
     } catch (err) {
       this.log.warn('partial catch-up failed; will retry', { error: toDfsError(err).message });
@@ -178,16 +195,22 @@ export class CatchUp {
    * could not be asked; they keep whatever marks the directory has on them: without one, they
    * hold every acknowledged write, since a write that missed them marked them first).
    */
-  private async pull(copies: Holding[]): Promise<{ fetched: number; behind: string[]; unverified: string[] }> {
+  private async pull(copies: Holding[], options: { backOff?: boolean } = {}): Promise<{ fetched: number; behind: string[]; unverified: string[] }> {
     const behind: string[] = [];
     const unverified: string[] = [];
     let fetched = 0;
     await Promise.all(
       [...groupBy(copies, (h) => h.primary.url)].map(async ([url, group]) => {
+        if (options.backOff && (this.unreachableUntil.get(url) ?? 0) > Date.now()) {
+          for (const h of group) unverified.push(h.name);
+          return;
+        }
         let conn: RpcConnection;
         try {
           conn = await this.server.peers.get(url);
+          this.unreachableUntil.delete(url);
         } catch {
+          this.unreachableUntil.set(url, Date.now() + UNREACHABLE_BACKOFF_MS);
           for (const h of group) unverified.push(h.name);
           this.log.warn('primary unreachable; its files keep the marks they have', { primary: group[0]!.primary.id, files: group.length });
           return;
@@ -253,6 +276,7 @@ export class CatchUp {
    */
   private async verifyReplicas(primaries: Holding[]): Promise<number> {
     const pairs = primaries.flatMap((h) => h.replicas.map((replica) => ({ holding: h, replica })));
+    const byName = new Map(primaries.map((h) => [h.name, h]));
     const unreachable = new Set<string>();
     const recover = new Map<string, Holding>();
     let reported = 0;
@@ -267,8 +291,13 @@ export class CatchUp {
         }
         for (const batch of versionBatches(group, (p) => p.holding.name)) {
           const names = batch.map((p) => p.holding.name);
-          // A copy we could not compare may be older than ours: it is marked behind, to be safe.
-          let differing = names;
+          // A copy we could not compare may be older than ours: it is marked behind, to be safe;
+          // unless ours is the one lost (damaged, or a fresh folder), which is recovered instead.
+          let differing = names.filter((name) => {
+            if (!this.server.store.isDamaged(name)) return true;
+            recover.set(name, byName.get(name)!);
+            return false;
+          });
           if (conn) {
             try {
               const theirs = await askVersions(conn, names);

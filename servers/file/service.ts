@@ -132,7 +132,11 @@ export class FileServer {
   static async start(options: FileServerOptions): Promise<FileServer> {
     const store = await FileStore.open(options.dataDir, options.log);
     const server = new FileServer(options, store);
-    server.fresh = !(await exists(join(options.dataDir, SERVER_FILE)));
+    // Fresh: a folder that holds nothing and never finished a catch-up (new, or lost). One the
+    // previous version wrote (copies, no server.json) is not: it is marked as known at once.
+    const known = await exists(join(options.dataDir, SERVER_FILE));
+    server.fresh = !known && store.count === 0;
+    if (!known && store.count > 0) await writeFileDurably(join(options.dataDir, SERVER_FILE), JSON.stringify({ id: options.id, since: new Date().toISOString() }) + '\n');
     await server.rpc.listen();
     server.url = options.advertiseUrl ?? server.rpc.url;
     options.log.info('listening', { url: server.url, id: options.id, files: store.count, data: options.dataDir });
@@ -201,7 +205,7 @@ export class FileServer {
     this.registered = true;
     this.options.log.info('registered with the directory', { directory: this.options.directoryUrl });
     this.startHeartbeat(reg.heartbeatMs);
-    await this.catchUp.full(reg.markSeq);
+    await this.catchUp.full(reg.markSeq, reg.boot);
   }
 
   /** Every holding of this server, page by page. */
@@ -229,7 +233,7 @@ export class FileServer {
       const beat = (await conn.call('heartbeat', { id: this.id }, { timeoutMs: 2000 })).result as HeartbeatResult;
       if (beat.behind.length > 0) {
         // One page per heartbeat; when more are marked, the next page is asked for at once.
-        void this.catchUp.some(beat.behind, beat.markSeq).then((ran) => {
+        void this.catchUp.some(beat.behind, beat.markSeq, beat.boot).then((ran) => {
           if (ran && beat.more) void this.heartbeat();
         });
       }
@@ -253,9 +257,18 @@ export class FileServer {
     for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: this.id, by: this.id, names: batch, keep: true });
   }
 
-  /** After the first full catch-up, the data folder is known to the cluster: it is no longer fresh. */
+  /** Whether this data folder has not yet finished a catch-up (no server.json): its copies hold nothing yet. */
+  get isFresh(): boolean {
+    return this.fresh;
+  }
+
+  /**
+   * After the first full catch-up that recovered every primary copy, the data folder is known to
+   * the cluster: it is no longer fresh. Until then every start treats it as fresh again.
+   */
   async noteCaughtUp(): Promise<void> {
     if (!this.fresh) return;
+    for (const h of this.holdings.all()) if (h.role === 'primary' && this.store.isDamaged(h.name)) return;
     await writeFileDurably(join(this.options.dataDir, SERVER_FILE), JSON.stringify({ id: this.id, since: new Date().toISOString() }) + '\n');
     this.fresh = false;
   }
@@ -370,7 +383,7 @@ export class FileServer {
     if (applied > 0) this.options.log.info('took new placements from the directory', { files: applied, nowPrimary: becamePrimary || undefined, newCopies: toCatchUp.length || undefined });
     // New copies here are copied at once rather than at the next heartbeat; if a catch-up is
     // already running, the heartbeat's page of marks brings them in later.
-    if (toCatchUp.length > 0 && args.markSeq !== undefined) void this.catchUp.some(toCatchUp, args.markSeq);
+    if (toCatchUp.length > 0 && args.markSeq !== undefined && args.boot !== undefined) void this.catchUp.some(toCatchUp, args.markSeq, args.boot);
     return { applied };
   }
 

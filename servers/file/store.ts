@@ -263,6 +263,14 @@ export class FileStore {
     return this.unrecovered.size > 0 && this.unrecovered.has(nameKey(name));
   }
 
+  /**
+   * Treats this server's copy of `name` as lost until recovered from another copy: a fresh data
+   * folder holds nothing of the files it is primary of, whatever version 0 would suggest.
+   */
+  markUnrecovered(name: string): void {
+    this.unrecovered.add(nameKey(name));
+  }
+
   /** The file was recovered, or there is nothing left to recover it from. */
   markRecovered(name: string): void {
     if (this.unrecovered.size > 0) this.unrecovered.delete(nameKey(name));
