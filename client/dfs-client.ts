@@ -19,6 +19,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { open, readFile, rename, stat as statFile, unlink } from 'node:fs/promises';
 import { hostname, userInfo } from 'node:os';
+import { LRUCache } from 'lru-cache';
 import { DfsError, isTransient, toDfsError } from '../shared/errors.js';
 import { assertValidName } from '../shared/names.js';
 import { silentLogger, type Logger } from '../shared/log.js';
@@ -144,6 +145,8 @@ export class DfsClient {
   private lockUrl: string | null = null;
   private readonly locks: LockClient;
   private readonly writeTargets = new Map<string, WriteTarget>();
+  /** The newest version of each file this client has read or written: its reads never go back. */
+  private readonly seen = new LRUCache<string, { epoch: number; version: number }>({ max: 100_000 });
   private closed = false;
 
   private constructor(directoryUrl: string, options: DfsClientOptions) {
@@ -340,27 +343,51 @@ export class DfsClient {
   /** Reads a whole file, from the cache when the server confirms it is current. */
   async read(name: string): Promise<ReadOutcome> {
     assertValidName(name);
+    let fromPrimary = false;
     return this.retrying('read', async () => {
-      const loc = (await (await this.directory()).call('locate', { name, for: 'read' }).catch((err: unknown) => {
-        if (err instanceof DfsError && err.code === 'NOT_FOUND') this.forget(name);
-        throw err;
-      })).result as LocateResult;
+      const loc = await this.readTarget(name, fromPrimary);
       const cached = this.cache.get(name);
-      const args: Record<string, unknown> = { name };
+      const args: Record<string, unknown> = { name, ...this.seenArgs(name, loc.epoch) };
       if (cached && cached.epoch === loc.epoch) {
         args.ifEpoch = cached.epoch;
         args.ifVersion = cached.version;
       }
       const conn = await this.pool.get(loc.server.url);
-      const res = await conn.call('read', args);
+      const res = await conn.call('read', args).catch((err: unknown) => {
+        // Every replica may lag what this client saw (the primary died between its replicas'
+        // commits): the primary's copy is the file's history, so the next try asks it.
+        if (err instanceof DfsError && err.details?.behind === true) fromPrimary = true;
+        throw err;
+      });
       const meta = res.result as ReadResult;
       if (meta.notModified && cached) return { ...metaOf(cached), content: cached.content, source: 'cache', server: loc.server.id };
       const content = await bodyOf(res, meta.size);
       if (sha256(content) !== meta.sha256) throw new DfsError('UNAVAILABLE', `content of ${name} from ${loc.server.id} failed its checksum; trying another copy`);
       const entry: CachedFile = { ...metaOf(meta), content };
       this.cache.set(entry);
+      this.noteSeen(name, meta.epoch, meta.version);
       return { ...metaOf(meta), content, source: 'server', server: loc.server.id };
     });
+  }
+
+  /** Where to read `name`: a replica the directory picks, or its primary. */
+  private async readTarget(name: string, fromPrimary: boolean): Promise<LocateResult> {
+    const conn = await this.directory();
+    return (await conn.call('locate', { name, for: fromPrimary ? 'write' : 'read' }).catch((err: unknown) => {
+      if (err instanceof DfsError && err.code === 'NOT_FOUND') this.forget(name);
+      throw err;
+    })).result as LocateResult;
+  }
+
+  /** The newest version of `name` this client has seen, for a read to ask no less of a replica. */
+  private seenArgs(name: string, epoch: number): Record<string, number> {
+    const seen = this.seen.get(name);
+    return seen && seen.epoch === epoch ? { minEpoch: seen.epoch, minVersion: seen.version } : {};
+  }
+
+  private noteSeen(name: string, epoch: number, version: number): void {
+    const seen = this.seen.get(name);
+    if (!seen || seen.epoch !== epoch || seen.version < version) this.seen.set(name, { epoch, version });
   }
 
   /**
@@ -369,11 +396,16 @@ export class DfsClient {
    */
   async readStream(name: string): Promise<{ meta: FileMeta; server: string; stream: AsyncIterable<Buffer> }> {
     assertValidName(name);
+    let fromPrimary = false;
     return this.retrying('read', async () => {
-      const loc = (await (await this.directory()).call('locate', { name, for: 'read' })).result as LocateResult;
+      const loc = await this.readTarget(name, fromPrimary);
       const conn = await this.pool.get(loc.server.url);
-      const res = await conn.call('read', { name });
+      const res = await conn.call('read', { name, ...this.seenArgs(name, loc.epoch) }).catch((err: unknown) => {
+        if (err instanceof DfsError && err.details?.behind === true) fromPrimary = true;
+        throw err;
+      });
       const meta = metaOf(res.result as ReadResult);
+      this.noteSeen(name, meta.epoch, meta.version);
       async function* verified(): AsyncIterable<Buffer> {
         const hash = createHash('sha256');
         let size = 0;
@@ -561,6 +593,7 @@ export class DfsClient {
       options.signal,
     );
     this.updateCacheAfterWrite(name, mode, source, contentSha, result);
+    this.noteSeen(name, result.epoch, result.version);
     return result;
   }
 
@@ -590,6 +623,7 @@ export class DfsClient {
   private forget(name: string): void {
     this.cache.delete(name);
     this.writeTargets.delete(name);
+    this.seen.delete(name);
   }
 
   /** Closes every connection; the lock service frees any lock still held. */

@@ -381,7 +381,20 @@ export type WriteMode = z.infer<typeof writeMode>;
 
 export const fileOps = {
   /** Clients. `ifEpoch`/`ifVersion`: the cached copy; NOT_MODIFIED (no content) when it is current. */
-  read: z.object({ name: fileName, ifEpoch: counter.optional(), ifVersion: counter.optional() }).strict(),
+  read: z
+    .object({
+      name: fileName,
+      ifEpoch: counter.optional(),
+      ifVersion: counter.optional(),
+      /**
+       * The newest version of the file (at `minEpoch`) this client has seen: a replica below it
+       * answers UNAVAILABLE (details.behind) instead of an older version, so one client's reads
+       * never go back. The primary answers whatever it has: it is the file's history.
+       */
+      minEpoch: counter.optional(),
+      minVersion: counter.optional(),
+    })
+    .strict(),
   stat: z.object({ name: fileName }).strict(),
   /** To the primary, with the fencing token of the lock on `name`. `requestId` makes retries idempotent. */
   write: z

@@ -21,6 +21,7 @@ let cluster: Cluster;
 let writer: DfsClient;
 let reader: DfsClient;
 let cachedReader: DfsClient;
+let monotonicReader: DfsClient;
 
 async function versionOn(url: string, name: string, epoch: number): Promise<number> {
   const conn = await connect(url);
@@ -36,12 +37,14 @@ test.before(async () => {
   writer = await DfsClient.connect(cluster.directoryUrl, { clientName: 'writer', retryBudgetMs: 30_000 });
   reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'reader', cacheBytes: 0 });
   cachedReader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'cached-reader', retryBudgetMs: 3000 });
+  monotonicReader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'monotonic-reader', cacheBytes: 0, retryBudgetMs: 30_000 });
 });
 
 test.after(async () => {
   writer?.close();
   reader?.close();
   cachedReader?.close();
+  monotonicReader?.close();
   await cluster?.stop();
 });
 
@@ -65,6 +68,13 @@ test('a version readers saw before failover is still what they read after it', a
   await lock.release();
   const versions = await Promise.all(before.replicas.map((r) => versionOn(r.url, name, before.epoch)));
   console.log(`  [failover] replica versions after the crash: ${before.replicas.map((r, i) => `${r.id}=v${versions[i]}`).join(' ')}`);
+
+  // Before the primary is even known to be down, reads go round-robin over replicas that differ
+  // (v2 on one, v1 on the other): one client's reads never go back once it has seen v2.
+  const early: string[] = [];
+  for (let i = 0; i < 6; i++) early.push((await monotonicReader.read(name)).content.toString());
+  const firstNew = early.indexOf('one\ntwo\n');
+  assert.ok(firstNew === -1 || early.slice(firstNew).every((r) => r === 'one\ntwo\n'), `reads went back: ${JSON.stringify(early)}`);
 
   // The primary is down, failover not yet: reads stay on the first usable replica.
   await cluster.waitDown(victim.id);

@@ -395,13 +395,16 @@ export class FileServer {
     if (this.store.isDamaged(args.name)) throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} was damaged and is being recovered; read another copy`);
     this.counters.reads++;
     const meta = this.store.metaFor(args.name, holding.epoch);
+    if (holding.role === 'replica' && args.minEpoch === meta.epoch && args.minVersion !== undefined && args.minVersion > meta.version) {
+      throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is at v${meta.version}, older than the v${args.minVersion} you have seen; read another copy`, { behind: true });
+    }
     if (args.ifEpoch === meta.epoch && args.ifVersion !== undefined) {
       if (args.ifVersion === meta.version) {
         this.counters.notModified++;
         return { ...publicMeta(meta), notModified: true } satisfies ReadResult;
       }
-      if (args.ifVersion > meta.version) {
-        throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is behind (v${meta.version}, you have v${args.ifVersion}); read another copy`);
+      if (args.ifVersion > meta.version && holding.role === 'replica') {
+        throw new DfsError('UNAVAILABLE', `the copy of ${args.name} on ${this.id} is behind (v${meta.version}, you have v${args.ifVersion}); read another copy`, { behind: true });
       }
     }
     return this.contentReply(holding, args.name, true, ctx);
