@@ -22,8 +22,8 @@ const FILES = ['nemesis/a.log', 'nemesis/b.log', 'nemesis/c.log'];
 const WRITERS = 6;
 const RUN_MS = 60_000;
 const SEED = Number(process.env.DFS_NEMESIS_SEED ?? 20261202);
-/** DFS_NEMESIS_DIRECTORY=1: the nemesis also kills (and restarts) the directory. */
-const WITH_DIRECTORY = process.env.DFS_NEMESIS_DIRECTORY === '1';
+/** DFS_NEMESIS_SERVICES=1: the nemesis also kills (and restarts) the directory and the lock service. */
+const WITH_SERVICES = process.env.DFS_NEMESIS_SERVICES === '1';
 let cluster: Cluster;
 
 /** A small seeded generator (mulberry32): the same seed, the same schedule. */
@@ -112,11 +112,17 @@ test('kill -9 and SIGSTOP of file servers under concurrent appenders: every ackn
     await sleep(2000 + Math.floor(rand() * 3000));
     const victim = cluster.servers[Math.floor(rand() * cluster.servers.length)]!;
     const down = 1000 + Math.floor(rand() * 5000);
-    if (WITH_DIRECTORY && rand() < 0.25) {
+    const service = WITH_SERVICES ? rand() : 1;
+    if (service < 0.15) {
       events.push(`kill the directory for ${down} ms`);
       await cluster.directory.kill9();
       await sleep(down);
       await cluster.startDirectory();
+    } else if (service < 0.3) {
+      events.push(`kill the lock service for ${down} ms`);
+      await cluster.lock.kill9();
+      await sleep(down);
+      await cluster.startLock();
     } else if (rand() < 0.5) {
       events.push(`kill ${victim.id} for ${down} ms`);
       await victim.proc.kill9();
