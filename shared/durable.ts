@@ -2,7 +2,7 @@
  * Crash-safe file replacement: write a temp file, fsync it, rename it over the target, fsync the
  * folder. A crash at any instant leaves the old content or the new, never a mix.
  */
-import { open, rename, mkdir, unlink } from 'node:fs/promises';
+import { open, readFile, rename, mkdir, unlink } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
@@ -12,6 +12,16 @@ export async function fsyncDir(dir: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/** The content of `path`, or null when there is no such file (other errors are thrown). */
+export async function readIfExists(path: string): Promise<Buffer | null> {
+  try {
+    return await readFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
   }
 }
 

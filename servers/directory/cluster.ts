@@ -74,6 +74,7 @@ export class Cluster {
   readonly replication: number;
   readonly downAfterMs: number;
   readonly boot: string;
+  private readonly startedAt: number;
   private readonly now: () => number;
   private readonly members = new Map<string, Member>();
   /** server id → file name → mark sequence number. */
@@ -87,6 +88,7 @@ export class Cluster {
     this.boot = options.boot ?? '';
     this.downAfterMs = options.downAfterMs ?? DEFAULT_DOWN_AFTER_MS;
     this.now = options.now ?? Date.now;
+    this.startedAt = this.now();
     if (!Number.isInteger(this.replication) || this.replication < 1) throw new RangeError('replication must be a whole number of at least 1');
     if (!(this.downAfterMs > 0)) throw new RangeError('downAfterMs must be positive');
   }
@@ -157,12 +159,14 @@ export class Cluster {
     return member === undefined ? null : Math.max(0, this.now() - lastSign(member));
   }
 
-  /** Registered servers that are down, with how long they have been silent. */
-  downMembers(): DownServer[] {
-    const now = this.now();
-    const down: DownServer[] = [];
-    for (const member of this.members.values()) if (!this.isUp(member.id)) down.push({ id: member.id, silentMs: now - lastSign(member) });
-    return down;
+  /**
+   * How long a server has been silent, for failover and re-replication: 0 while it is up, and
+   * for one that has not registered since this directory started, the time since the start.
+   */
+  silence(id: string): number {
+    const member = this.members.get(id);
+    if (member === undefined) return this.now() - this.startedAt;
+    return this.isUp(id) ? 0 : this.now() - lastSign(member);
   }
 
   /** Forgets a server (an operator removed it) and its marks; returns the names it had marked. */
@@ -375,6 +379,16 @@ export class Cluster {
       throw new DfsError('UNAVAILABLE', `the primary of ${name}, server ${copies.primary}, is down; ${next}`);
     }
     return copies.primary;
+  }
+
+  /** Whether a copy is up and in sync: a primary once caught up; a replica when readable. */
+  isCopyInSync(id: string, name: string, role: CopyRole): boolean {
+    return role === 'primary' ? this.isUp(id) && !this.isSyncing(id) : this.isReadable(id, name);
+  }
+
+  /** Registered servers that may take new copies or primaries: up and caught up, in id order. */
+  readyMembers(): string[] {
+    return [...this.members.keys()].filter((id) => this.isUp(id) && !this.isSyncing(id)).sort(compareIds);
   }
 
   /** Usable for reads: up, caught up, and not known to have missed a write of this file. */

@@ -3,9 +3,8 @@
  * re-replication moves their copies away. Kept in `draining.json` in the directory's data
  * folder (replaced whole, durably), so a drain goes on after a restart of the directory.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileDurably } from '../../shared/durable.js';
+import { readIfExists, writeFileDurably } from '../../shared/durable.js';
 import { serverId } from '../../shared/protocol.js';
 
 export const DRAINING_FILE = 'draining.json';
@@ -19,12 +18,7 @@ export class Draining {
   /** Loads the list; a missing file is an empty list, a damaged one is an error (say which). */
   static async open(dir: string): Promise<Draining> {
     const path = join(dir, DRAINING_FILE);
-    let text: string | null = null;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    const text = (await readIfExists(path))?.toString('utf8') ?? null;
     const ids = new Set<string>();
     if (text !== null) {
       let parsed: unknown;

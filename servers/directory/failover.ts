@@ -32,7 +32,6 @@ export interface FailoverOptions {
 }
 
 export class Failover {
-  private readonly startedAt = Date.now();
   private lastRecord: FailoverRecord | null = null;
   /** Servers whose last round failed or left files stuck: retried no sooner than this. */
   private readonly retryAt = new Map<string, number>();
@@ -60,8 +59,7 @@ export class Failover {
   tick(): void {
     if (this.changes.busy) return;
     const now = Date.now();
-    const silent = this.cluster.downMembers();
-    for (const id of this.table.serverIds()) if (!this.cluster.isRegistered(id)) silent.push({ id, silentMs: now - this.startedAt - STARTUP_GRACE_MS });
+    const silent = [...this.table.serverIds()].map((id) => ({ id, silentMs: this.cluster.silence(id) - (this.cluster.isRegistered(id) ? 0 : STARTUP_GRACE_MS) }));
     const due = silent
       .filter((d) => d.silentMs >= this.options.failoverAfterMs && this.table.loadOf(d.id).primaries > 0 && (this.retryAt.get(d.id) ?? 0) <= now)
       .sort((a, b) => b.silentMs - a.silentMs)[0];

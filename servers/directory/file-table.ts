@@ -30,10 +30,10 @@
  * each compaction updates before it drops rows; so an epoch is never issued twice, across
  * deletes and restarts.
  */
-import { mkdir, open as openFile, readFile, readdir, unlink } from 'node:fs/promises';
+import { mkdir, open as openFile, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { DfsError } from '../../shared/errors.js';
-import { fsyncDir, writeFileDurably } from '../../shared/durable.js';
+import { fsyncDir, readIfExists, writeFileDurably } from '../../shared/durable.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import type { CopyRole, ServerRef } from '../../shared/protocol.js';
 import { AppendLog } from './append-log.js';
@@ -532,15 +532,6 @@ function placementRecords(name: string, entry: Entry, primary: ServerRef, replic
   const records: JournalRecord[] = replicas.map((r) => ({ op: 'add', name, serverId: r.id, serverUrl: r.url, role: 'replica', epoch, placementEpoch }));
   records.push({ op: 'add', name, serverId: primary.id, serverUrl: primary.url, role: 'primary', epoch, placementEpoch });
   return records;
-}
-
-async function readIfExists(path: string): Promise<Buffer | null> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
-  }
 }
 
 /** Appends `bytes` to `path` (after `header` if the file is new or empty), fsyncs it and its folder. */

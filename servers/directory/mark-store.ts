@@ -15,7 +15,8 @@
  * cannot be read elsewhere is logged; its mark, if it was one, is lost (the file is the directory's
  * own and is written whole lines at a time, so only damage to the disk can cause it).
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { readIfExists } from '../../shared/durable.js';
 import { join } from 'node:path';
 import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
@@ -80,12 +81,7 @@ export class MarkStore {
     const logger = options.log ?? silentLogger;
     await mkdir(dir, { recursive: true });
     const path = join(dir, MARKS_FILE);
-    let text = '';
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    const text = (await readIfExists(path))?.toString('utf8') ?? '';
     const { marks, badLines } = replayMarks(text);
     if (badLines.length > 0) logger.error('behind marks: lines that cannot be read were skipped', { file: path, lines: badLines.slice(0, 20).join(','), count: badLines.length });
     const log = await AppendLog.open(path, (err) => {

@@ -33,8 +33,6 @@ const LOGGED_COPIES = 20;
 export interface RereplicationOptions {
   replaceAfterMs: number;
   log: Logger;
-  /** When this directory started: a server the table names that has not registered since counts as silent from then. */
-  startedAt?: number;
 }
 
 /** The server for a new copy: the one with the fewest files among `candidates` not in `holders`; null if none. */
@@ -52,7 +50,6 @@ export class Rereplication {
   private readonly copying = new Map<string, Set<string>>();
   private copied = 0;
   private lastRound: RereplicationStatus['lastRound'] = null;
-  private readonly startedAt: number;
   /** Servers whose last round could not move anything: not tried again before this. */
   private readonly retryAt = new Map<string, number>();
 
@@ -62,9 +59,7 @@ export class Rereplication {
     private readonly changes: PlacementChanges,
     private readonly draining: Draining,
     private readonly options: RereplicationOptions,
-  ) {
-    this.startedAt = options.startedAt ?? Date.now();
-  }
+  ) {}
 
   get replaceAfterMs(): number {
     return this.options.replaceAfterMs;
@@ -98,7 +93,7 @@ export class Rereplication {
     for (const id of this.draining.list()) if (ready(id)) return { id, kind: 'draining' };
     let best: { id: string; silent: number } | null = null;
     for (const id of this.table.serverIds()) {
-      const silent = this.cluster.isRegistered(id) ? (this.cluster.isUp(id) ? 0 : (this.cluster.silentMs(id) ?? 0)) : now - this.startedAt;
+      const silent = this.cluster.silence(id);
       if (silent >= this.options.replaceAfterMs && ready(id) && (best === null || silent > best.silent)) best = { id, silent };
     }
     return best ? { id: best.id, kind: 'dead' } : null;
@@ -106,7 +101,7 @@ export class Rereplication {
 
   /** Live servers that may take new copies: up, caught up, not draining. */
   private targets(): string[] {
-    return [...this.cluster.memberIds()].filter((id) => this.cluster.isUp(id) && !this.cluster.isSyncing(id) && !this.draining.has(id)).sort(compareIds);
+    return this.cluster.readyMembers().filter((id) => !this.draining.has(id));
   }
 
   private async round(victim: string, kind: 'dead' | 'draining'): Promise<void> {
@@ -129,6 +124,17 @@ export class Rereplication {
     const next: string[][] = [];
     let noTarget = 0;
     let waiting = 0;
+    /** Gives the file a new copy on the least-loaded server without one; `replicasWith` says where it goes. */
+    const addCopy = (file: NamedEntry, replicasWith: (target: string) => string[]): void => {
+      const target = pickTarget([file[1].primary, ...file[1].replicas], targets, load);
+      if (target === null) {
+        noTarget++;
+        return;
+      }
+      filesOf.set(target, load(target) + 1);
+      files.push(file);
+      next.push(replicasWith(target));
+    };
     for (const [name, entry] of this.table.files()) {
       if (files.length >= FILES_PER_ROUND) break;
       const holders = [entry.primary, ...entry.replicas];
@@ -140,14 +146,7 @@ export class Rereplication {
           waiting++;
           continue;
         }
-        const target = pickTarget(holders, targets, load);
-        if (target === null) {
-          noTarget++;
-          continue;
-        }
-        filesOf.set(target, load(target) + 1);
-        files.push([name, entry]);
-        next.push([...entry.replicas, target]);
+        addCopy([name, entry], (target) => [...entry.replicas, target]);
         continue;
       }
       if (!entry.replicas.includes(victim)) continue;
@@ -160,19 +159,13 @@ export class Rereplication {
         } else waiting++;
         continue;
       }
-      const target = pickTarget(holders, targets, load);
-      if (target === null) {
-        noTarget++;
-        continue;
-      }
-      filesOf.set(target, load(target) + 1);
-      files.push([name, entry]);
-      next.push(kind === 'dead' ? entry.replicas.map((id) => (id === victim ? target : id)) : [...entry.replicas, target]);
+      addCopy([name, entry], (target) => (kind === 'dead' ? entry.replicas.map((id) => (id === victim ? target : id)) : [...entry.replicas, target]));
     }
+    const reason = kind === 'dead' ? 'down' : 'drained';
     if (files.length === 0) {
       this.retryAt.set(victim, Date.now() + (waiting > 0 ? 1000 : 10_000));
       if (noTarget > 0) {
-        this.lastRound = { at: Date.now(), server: victim, reason: kind === 'dead' ? 'down' : 'drained', newCopies: 0, dropped: 0, noTarget };
+        this.lastRound = { at: Date.now(), server: victim, reason, newCopies: 0, dropped: 0, noTarget };
         log.warn('re-replication: no live server can take a new copy', { server: victim, files: noTarget, liveServers: targets.length });
       }
       return;
@@ -184,10 +177,10 @@ export class Rereplication {
       names.add(name);
     }
     added.slice(0, LOGGED_COPIES).forEach(({ name, id }) => log.info('re-replicating a copy', { name, from: victim, to: id }));
-    this.lastRound = { at: Date.now(), server: victim, reason: kind === 'dead' ? 'down' : 'drained', newCopies: added.length, dropped: moved.length - added.length, noTarget };
+    this.lastRound = { at: Date.now(), server: victim, reason, newCopies: added.length, dropped: moved.length - added.length, noTarget };
     log.info('re-replication', {
       server: victim,
-      reason: this.lastRound.reason,
+      reason,
       files: moved.length,
       newCopies: added.length,
       dropped: this.lastRound.dropped || undefined,

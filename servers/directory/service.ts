@@ -220,7 +220,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         ...refOf(id),
         role,
         up: cluster.isUp(id),
-        inSync: role === 'primary' ? cluster.isUp(id) && !cluster.isSyncing(id) : cluster.isReadable(id, name),
+        inSync: cluster.isCopyInSync(id, name, role),
       });
       return { ...placementOf(name, entry), copies: [copy(entry.primary, 'primary'), ...entry.replicas.map((id) => copy(id, 'replica'))] };
     }),
@@ -255,8 +255,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       });
       let underReplicated = 0;
       for (const [name, entry] of table.files()) {
-        let inSync = cluster.isUp(entry.primary) && !cluster.isSyncing(entry.primary) ? 1 : 0;
-        for (const id of entry.replicas) if (cluster.isReadable(id, name)) inSync++;
+        let inSync = cluster.isCopyInSync(entry.primary, name, 'primary') ? 1 : 0;
+        for (const id of entry.replicas) if (cluster.isCopyInSync(id, name, 'replica')) inSync++;
         if (inSync < cluster.replication) underReplicated++;
       }
       return {
@@ -419,7 +419,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
     }),
 
     rebalance: op(directoryOps.rebalance, async (): Promise<RebalanceResult> => {
-      const live = [...cluster.memberIds()].filter((id) => cluster.isUp(id) && !cluster.isSyncing(id) && !draining.has(id));
+      const live = cluster.readyMembers().filter((id) => !draining.has(id));
       const moved = await changes.exclusive(async () => {
         const plan = planRebalance(table.files(), live, (id, name) => cluster.isReadable(id, name));
         let count = 0;
@@ -436,7 +436,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
         return count;
       });
       const primaries: Record<string, number> = {};
-      for (const id of live.sort(compareIds)) primaries[id] = table.loadOf(id).primaries;
+      for (const id of live) primaries[id] = table.loadOf(id).primaries;
       log.info('rebalanced', { moved, primaries: JSON.stringify(primaries) });
       return { moved, primaries };
     }),

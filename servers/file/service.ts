@@ -3,10 +3,9 @@
  * Wires the version store, the replication protocol and catch-up to the RPC server, and keeps
  * the server registered and heartbeating with the directory.
  */
-import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TokenBucket } from 'limiter';
-import { writeFileDurably } from '../../shared/durable.js';
+import { readIfExists, writeFileDurably } from '../../shared/durable.js';
 import { LRUCache } from 'lru-cache';
 import { DfsError, toDfsError } from '../../shared/errors.js';
 import type { ConnectionLimits } from '../../shared/args.js';
@@ -63,13 +62,9 @@ export const DEFAULT_STALL_TIMEOUT_MS = 10_000;
 /** Written in the data folder after its first full catch-up (docs/PROTOCOL.md, "Catch-up"). */
 export const SERVER_FILE = 'server.json';
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
+/** Records that a data folder belongs to the cluster (no longer fresh), durably. */
+function recordKnownFolder(dataDir: string, id: string): Promise<void> {
+  return writeFileDurably(join(dataDir, SERVER_FILE), JSON.stringify({ id, since: new Date().toISOString() }) + '\n');
 }
 export const DEFAULT_REPLICA_TIMEOUT_MS = 1000;
 export const DEFAULT_COPY_RATE_BYTES_PER_SEC = 128 << 20;
@@ -134,9 +129,9 @@ export class FileServer {
     const server = new FileServer(options, store);
     // Fresh: a folder that holds nothing and never finished a catch-up (new, or lost). One the
     // previous version wrote (copies, no server.json) is not: it is marked as known at once.
-    const known = await exists(join(options.dataDir, SERVER_FILE));
+    const known = (await readIfExists(join(options.dataDir, SERVER_FILE))) !== null;
     server.fresh = !known && store.count === 0;
-    if (!known && store.count > 0) await writeFileDurably(join(options.dataDir, SERVER_FILE), JSON.stringify({ id: options.id, since: new Date().toISOString() }) + '\n');
+    if (!known && store.count > 0) await recordKnownFolder(options.dataDir, options.id);
     await server.rpc.listen();
     server.url = options.advertiseUrl ?? server.rpc.url;
     options.log.info('listening', { url: server.url, id: options.id, files: store.count, data: options.dataDir });
@@ -251,10 +246,8 @@ export class FileServer {
    * Copies a full catch-up could not check (their primary is unreachable) keep the marks the
    * directory has on them past `synced`, and get no new ones.
    */
-  async keepMarks(names: readonly string[]): Promise<void> {
-    if (names.length === 0) return;
-    const conn = await this.directory();
-    for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) await conn.call('behind', { id: this.id, by: this.id, names: batch, keep: true });
+  keepMarks(names: readonly string[]): Promise<void> {
+    return this.reportBehindMany(this.id, names, { keep: true });
   }
 
   /** Whether this data folder has not yet finished a catch-up (no server.json): its copies hold nothing yet. */
@@ -269,7 +262,7 @@ export class FileServer {
   async noteCaughtUp(): Promise<void> {
     if (!this.fresh) return;
     for (const h of this.holdings.all()) if (h.role === 'primary' && this.store.isDamaged(h.name)) return;
-    await writeFileDurably(join(this.options.dataDir, SERVER_FILE), JSON.stringify({ id: this.id, since: new Date().toISOString() }) + '\n');
+    await recordKnownFolder(this.options.dataDir, this.id);
     this.fresh = false;
   }
 
@@ -284,10 +277,12 @@ export class FileServer {
    * NOT_PRIMARY when the directory refuses a report because this server is no longer the
    * primary of one of the files: whatever that report was for must not be acknowledged.
    */
-  async reportBehindMany(replicaId: string, names: readonly string[]): Promise<void> {
+  async reportBehindMany(replicaId: string, names: readonly string[], options: { keep?: boolean } = {}): Promise<void> {
+    if (names.length === 0) return;
     const conn = await this.directory();
     for (const batch of byteBatches(names, jsonBytes, PAGE_BYTES, 10_000)) {
-      const answer = (await conn.call('behind', { id: replicaId, by: this.id, names: batch })).result as BehindResult;
+      const args = options.keep ? { id: replicaId, by: this.id, names: batch, keep: true } : { id: replicaId, by: this.id, names: batch };
+      const answer = (await conn.call('behind', args)).result as BehindResult;
       if (answer.refused > 0) {
         throw new DfsError('NOT_PRIMARY', `the directory refused to mark ${replicaId}'s copies behind: ${this.id} is no longer the primary of ${answer.refused === 1 && batch.length === 1 ? batch[0] : `${answer.refused} of those files`}`);
       }

@@ -12,10 +12,10 @@
  * between replays the old journal over the new snapshot, which changes nothing (the records are
  * absolute facts and tokens only grow), so no step needs the other to be atomic with it.
  */
-import { mkdir, open, readFile, readdir, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AppendLog } from '../directory/append-log.js';
-import { writeFileDurably } from '../../shared/durable.js';
+import { readIfExists, writeFileDurably } from '../../shared/durable.js';
 import type { Logger } from '../../shared/log.js';
 import { HolderState, formatRecord, parseJournal, parseSnapshot, type HolderEntry, type JournalRecord, type SessionEntry } from './holder-state.js';
 
@@ -58,9 +58,9 @@ export class HolderStore {
     await removeLeftoverTemps(dataDir);
     const snapshotPath = join(dataDir, SNAPSHOT_FILE);
     const journalPath = join(dataDir, JOURNAL_FILE);
-    const snapshotText = await readIfThere(snapshotPath);
+    const snapshotText = (await readIfExists(snapshotPath))?.toString('utf8') ?? null;
     const loaded = snapshotText === null ? new HolderState() : HolderState.fromSnapshot(parseSnapshot(snapshotText, snapshotPath));
-    const journalText = (await readIfThere(journalPath)) ?? '';
+    const journalText = (await readIfExists(journalPath))?.toString('utf8') ?? '';
     const { records, damaged } = parseJournal(journalText);
     if (damaged.length > 0) options.log.warn('skipped damaged journal lines (a write cut short by a crash)', { path: journalPath, lines: damaged.slice(0, 10).join(',') });
     for (const record of records) loaded.apply(record);
@@ -148,15 +148,6 @@ export class HolderStore {
       })
       .finally(() => (this.compacting = null));
     return this.compacting;
-  }
-}
-
-async function readIfThere(path: string): Promise<string | null> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw err;
   }
 }
 
