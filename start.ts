@@ -12,7 +12,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { writeFileDurably } from './shared/durable.js';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -20,6 +21,10 @@ import { table } from './client/format.js';
 import { isLogLevel, type LogLevel } from './shared/log.js';
 import type { StatusResult } from './shared/protocol.js';
 import { connect } from './shared/rpc.js';
+import { CA_CERT_FILE, certPaths, defaultHosts, ensureCa, ensureServiceCert } from './shared/tls/certs.js';
+import type { ServiceIdentity } from './shared/tls/identity.js';
+import type { Transport } from './shared/tls/transport.js';
+import { knownCaPath } from './client/credentials.js';
 
 const DIST = dirname(fileURLToPath(import.meta.url));
 const LISTEN_TIMEOUT_MS = 15_000;
@@ -47,7 +52,15 @@ options:
   --host HOST              address to listen on (default 127.0.0.1; 0.0.0.0 to serve other
                            machines, which then reach this one by its host name)
   --log-level LEVEL        error, warn, info (default) or debug, for every service
-  -h, --help               show this help`;
+  --insecure               plain ws:// without TLS or certificates (traffic readable on the
+                           network, services believed on their word): for debugging only
+  -h, --help               show this help
+
+Security: on first start a cluster CA and a certificate per service are made in DIR/tls, and
+every connection is TLS (wss://); services prove who they are to each other with those
+certificates. Clients on this machine find the CA by themselves; elsewhere give them
+DIR/tls/ca.crt with --ca or DFS_CA. npm run cert -- issue ID --host HOST makes the
+certificate of a file server on another machine.`;
 
 class UsageError extends Error {}
 
@@ -62,6 +75,7 @@ interface Settings {
   replication: number;
   restart: boolean;
   logLevel: LogLevel;
+  insecure: boolean;
 }
 
 function port(text: string, flag: string): number {
@@ -84,6 +98,7 @@ function parseSettings(argv: string[]): Settings | 'help' {
       restart: { type: 'boolean' },
       host: { type: 'string' },
       'log-level': { type: 'string' },
+      insecure: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -112,6 +127,7 @@ function parseSettings(argv: string[]): Settings | 'help' {
     replication,
     restart: values.restart === true,
     logLevel,
+    insecure: values.insecure === true,
   };
 }
 
@@ -265,24 +281,42 @@ class Service {
 
 // ------------------------------------------------------------------ the cluster
 
+/** Where the cluster's CA and service certificates live. */
+const tlsDir = (s: Settings) => join(s.data, 'tls');
+
+/** The flags that give a service its transport: its certificate, or --insecure. */
+function transportFlags(s: Settings, id: string): string[] {
+  if (s.insecure) return ['--insecure'];
+  const paths = certPaths(tlsDir(s), id);
+  return ['--ca', join(tlsDir(s), CA_CERT_FILE), '--cert', paths.cert, '--key', paths.key];
+}
+
 function specs(s: Settings): { lock: ServiceSpec; directory: ServiceSpec; files: ServiceSpec[] } {
   const common = ['--host', s.host, '--log-level', s.logLevel];
-  const lockUrl = `ws://${s.publicHost}:${s.lockPort}`;
-  const directoryUrl = `ws://${s.publicHost}:${s.directoryPort}`;
+  const scheme = s.insecure ? 'ws' : 'wss';
+  const lockUrl = `${scheme}://${s.publicHost}:${s.lockPort}`;
+  const directoryUrl = `${scheme}://${s.publicHost}:${s.directoryPort}`;
   return {
-    lock: { name: 'lock', script: 'servers/lock/main.js', port: s.lockPort, portFlag: '--lock-port', data: join(s.data, 'lock'), args: [...common, '--port', String(s.lockPort), '--data', join(s.data, 'lock')] },
+    lock: {
+      name: 'lock',
+      script: 'servers/lock/main.js',
+      port: s.lockPort,
+      portFlag: '--lock-port',
+      data: join(s.data, 'lock'),
+      args: [...common, ...transportFlags(s, 'lock'), '--port', String(s.lockPort), '--data', join(s.data, 'lock')],
+    },
     directory: {
       name: 'directory',
       script: 'servers/directory/main.js',
       port: s.directoryPort,
       portFlag: '--directory-port',
       data: join(s.data, 'directory'),
-      args: [...common, '--port', String(s.directoryPort), '--data', join(s.data, 'directory'), '--lock', lockUrl, '--replication', String(s.replication)],
+      args: [...common, ...transportFlags(s, 'directory'), '--port', String(s.directoryPort), '--data', join(s.data, 'directory'), '--lock', lockUrl, '--replication', String(s.replication)],
     },
     files: s.filePorts.map((p, i) => {
       const id = `fs-${i + 1}`;
-      const args = [...common, '--id', id, '--port', String(p), '--data', join(s.data, id), '--directory', directoryUrl];
-      if (s.publicHost !== s.host) args.push('--advertise', `ws://${s.publicHost}:${p}`);
+      const args = [...common, ...transportFlags(s, id), '--id', id, '--port', String(p), '--data', join(s.data, id), '--directory', directoryUrl];
+      if (s.publicHost !== s.host) args.push('--advertise', `${scheme}://${s.publicHost}:${p}`);
       return { name: id, script: 'servers/file/main.js', port: p, portFlag: '--file-ports', data: join(s.data, id), args };
     }),
   };
@@ -303,6 +337,9 @@ class Supervisor {
   private readonly directory: Service;
   private readonly files: Service[];
   private phase: 'starting' | 'running' | 'stopping' = 'starting';
+  private transport: Transport = { kind: 'insecure' };
+  /** The cluster CA certificate, absolute, for the ready message. */
+  private caPath: string | null = null;
   private startupFailure: ((err: Error) => void) | null = null;
 
   constructor(private readonly settings: Settings) {
@@ -325,6 +362,7 @@ class Supervisor {
       const problem = await portProblem(this.settings.host, service.spec.port);
       if (problem) throw new Error(`port ${service.spec.port} on ${this.settings.host} ${problem}, so the ${service.spec.name} service cannot listen on it; stop whatever holds it or pick another with ${service.spec.portFlag}`);
     }
+    this.transport = await this.prepareCertificates();
     // A service that dies during start-up fails the start at once, not after a timeout.
     const died = new Promise<never>((_resolve, reject) => (this.startupFailure = reject));
     const phases = [[this.lock], [this.directory], this.files];
@@ -344,8 +382,39 @@ class Supervisor {
     this.phase = 'running';
   }
 
+  /**
+   * Makes the cluster CA and any missing (or expiring, or misnamed) service certificate in
+   * DATA/tls, and leaves a copy of the CA in the user's config folder for clients on this
+   * machine. Returns the transport this script's own connections use.
+   */
+  private async prepareCertificates(): Promise<Transport> {
+    if (this.settings.insecure) {
+      this.out.warn('--insecure: no TLS; traffic can be read on the network and any process can pose as a service');
+      return { kind: 'insecure' };
+    }
+    const dir = tlsDir(this.settings);
+    const ca = await ensureCa(dir);
+    if (ca.created) this.out.say(`made a cluster CA in ${dir}`);
+    const hosts = [...new Set([...defaultHosts(), this.settings.publicHost, ...(this.settings.host === '0.0.0.0' || this.settings.host === '::' ? [] : [this.settings.host])])];
+    const identities: ServiceIdentity[] = [
+      { role: 'lock', id: 'lock' },
+      { role: 'directory', id: 'directory' },
+      ...this.files.map((f) => ({ role: 'file-server' as const, id: f.spec.name })),
+    ];
+    for (const identity of identities) {
+      const { issued } = await ensureServiceCert(dir, ca, identity, hosts);
+      if (issued && !ca.created) this.out.say(`issued a new certificate for ${identity.id} (${issued})`);
+    }
+    this.caPath = resolve(dir, CA_CERT_FILE);
+    for (const host of new Set(['127.0.0.1', 'localhost', this.settings.publicHost])) {
+      const url = `wss://${host.includes(':') ? `[${host}]` : host}:${this.settings.directoryPort}`;
+      await writeFileDurably(knownCaPath(url), ca.certPem).catch((err: Error) => this.out.warn(`could not leave the CA for local clients at ${knownCaPath(url)}: ${err.message}`));
+    }
+    return { kind: 'tls', ca: ca.certPem };
+  }
+
   private async waitInSync(): Promise<void> {
-    const conn = await connect(this.directory.url!);
+    const conn = await connect(this.directory.url!, { transport: this.transport }, { role: 'directory' });
     const ids = this.files.map((f) => f.spec.name);
     const deadline = Date.now() + IN_SYNC_TIMEOUT_MS;
     try {
@@ -368,6 +437,7 @@ class Supervisor {
     this.out.say(
       `dfs is ready: ${n} file server${n === 1 ? '' : 's'}, ${this.settings.replication} cop${this.settings.replication === 1 ? 'y' : 'ies'} of each file, directory at ${this.directory.url}.`,
     );
+    if (this.caPath) this.out.say(`CA certificate: ${this.caPath} (clients on this machine find it; elsewhere pass --ca FILE or set DFS_CA)`);
     this.out.say(`In another terminal: npm run client  (the editor), or npm run -s dfs -- --help. Ctrl-C here stops everything.`);
   }
 

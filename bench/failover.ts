@@ -10,7 +10,6 @@
  *   servers run without the default copy-rate cap (128 MiB/s), to show what the protocol does.
  */
 import { randomBytes } from 'node:crypto';
-import { DfsClient } from '../client/dfs-client.js';
 import { DEFAULT_DOWN_AFTER_MS } from '../servers/directory/cluster.js';
 import type { PlacementResult } from '../shared/protocol.js';
 import { Cluster } from '../tests/helpers/cluster.js';
@@ -27,7 +26,7 @@ async function placement(cluster: Cluster, name: string): Promise<PlacementResul
 async function failoverTimes(plan: Plan): Promise<number[]> {
   const trials = plan.quick ? 2 : 5;
   const cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: DEFAULT_DOWN_AFTER_MS });
-  const client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'bench-failover', retryBudgetMs: 60_000 });
+  const client = await cluster.client({ clientName: 'bench-failover', retryBudgetMs: 60_000 });
   try {
     const samples: number[] = [];
     for (let t = 0; t < trials; t++) {
@@ -54,7 +53,7 @@ async function rereplicationRate(plan: Plan): Promise<{ bytes: number; ms: numbe
   const files = plan.quick ? 16 : 64;
   const fileBytes = (plan.quick ? 2 : 4) * MiB;
   const cluster = await Cluster.start({ fileServers: 4, replication: 3, downAfterMs: 1500, fileServerArgs: ['--copy-rate-mb-s', '0'] });
-  const client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'bench-rereplication', retryBudgetMs: 60_000 });
+  const client = await cluster.client({ clientName: 'bench-rereplication', retryBudgetMs: 60_000 });
   try {
     progress(`re-replication: ${files} files of ${fileBytes / MiB} MiB, 3 copies on 4 servers`);
     const content = randomBytes(fileBytes);

@@ -2,6 +2,7 @@
  * File servers and the client library: write cycles, reads with and without the cache, and a
  * large file streamed through a client in a process of its own.
  */
+import type { TestPki } from '../tests/helpers/tls.js';
 import { randomBytes } from 'node:crypto';
 import { DfsClient } from '../client/dfs-client.js';
 import { startNode } from '../tests/helpers/process.js';
@@ -13,12 +14,12 @@ const SECTION = SECTIONS.files;
 export const SMALL_FILE_BYTES = 1024;
 
 /** `count` clients, each with a file of its own holding 1 KiB (written once, so cached by its writer). */
-export async function clientsWithFiles(directoryUrl: string, count: number, prefix: string, options: { cacheBytes?: number } = {}): Promise<{ clients: DfsClient[]; names: string[] }> {
+export async function clientsWithFiles(directoryUrl: string, pki: TestPki, count: number, prefix: string, options: { cacheBytes?: number } = {}): Promise<{ clients: DfsClient[]; names: string[] }> {
   const clients: DfsClient[] = [];
   const names: string[] = [];
   try {
     for (let i = 0; i < count; i++) {
-      const client = await DfsClient.connect(directoryUrl, { clientName: `${prefix}-${i}`, ...options });
+      const client = await DfsClient.connect(directoryUrl, { transport: pki.client, clientName: `${prefix}-${i}`, ...options });
       clients.push(client);
       const name = `${prefix}/file-${i}`;
       await client.create(name);
@@ -85,10 +86,10 @@ export interface TransferRun {
  * A `sizeMiB` file written with writeStream and read back with readStream by a client process
  * of its own (bench/transfer-client.ts), replicated to every file server.
  */
-export async function largeTransfer(directoryUrl: string, servers: Array<{ id: string; pid: number }>, sizeMiB: number, name: string): Promise<TransferRun> {
+export async function largeTransfer(directoryUrl: string, pki: TestPki, servers: Array<{ id: string; pid: number }>, sizeMiB: number, name: string): Promise<TransferRun> {
   const resets = await Promise.all(servers.map((s) => resetPeakRss(s.pid)));
   const machine = machineTicks();
-  const proc = startNode('transfer-client', 'bench/transfer-client.js', [directoryUrl, name, String(sizeMiB)]);
+  const proc = startNode('transfer-client', 'bench/transfer-client.js', [directoryUrl, name, String(sizeMiB)], { DFS_CA: pki.caPath });
   const exit = await proc.waitForExit(600_000);
   const busy = machineBusy(machine);
   const line = proc.lines.find((l) => l.startsWith('{'));
@@ -99,14 +100,14 @@ export async function largeTransfer(directoryUrl: string, servers: Array<{ id: s
   return { size: report.size, writeMs: report.writeMs, readMs: report.readMs, clientPeakRss: report.peakRss, serverPeakRss, peaksReset: resets.every(Boolean), machineBusy: busy };
 }
 
-export async function fileFigures({ plan, directoryUrl, fileServers }: AreaContext): Promise<Figure[]> {
+export async function fileFigures({ plan, directoryUrl, pki, fileServers }: AreaContext): Promise<Figure[]> {
   const C = plan.clients;
   const figures: Figure[] = [];
   const add = (f: Omit<Figure, 'section'>) => figures.push({ section: SECTION, ...f });
   const all: DfsClient[] = [];
   try {
     progress('files: write cycles, 1 client');
-    const one = await clientsWithFiles(directoryUrl, 1, 'bench-one');
+    const one = await clientsWithFiles(directoryUrl, pki, 1, 'bench-one');
     all.push(...one.clients);
     const w1 = await writeCycles(one.clients, one.names, plan.timed(1, 3000), plan.warmup(1));
     add({
@@ -150,7 +151,7 @@ export async function fileFigures({ plan, directoryUrl, fileServers }: AreaConte
     });
 
     progress(`files: write cycles, ${C} clients on different files`);
-    const many = await clientsWithFiles(directoryUrl, C, 'bench-many');
+    const many = await clientsWithFiles(directoryUrl, pki, C, 'bench-many');
     all.push(...many.clients);
     const wN = await writeCycles(many.clients, many.names, plan.timed(C, 1000), plan.warmup(C));
     add({
@@ -179,7 +180,7 @@ export async function fileFigures({ plan, directoryUrl, fileServers }: AreaConte
     // cacheBytes 0: nothing is ever cached, so every read sends no version and the server reads
     // the file, checks it and sends 1 KiB that the client checks: the whole cost of reading a
     // file someone else changed, without a writer's cost mixed into the figure.
-    const cold = await clientsWithFiles(directoryUrl, C, 'bench-cold', { cacheBytes: 0 });
+    const cold = await clientsWithFiles(directoryUrl, pki, C, 'bench-cold', { cacheBytes: 0 });
     all.push(...cold.clients);
     const uN = await reads(cold.clients, cold.names, 'server', plan.timed(C, 3000), plan.warmup(C));
     add({
@@ -196,7 +197,7 @@ export async function fileFigures({ plan, directoryUrl, fileServers }: AreaConte
   }
 
   progress(`files: ${plan.transferMiB} MiB written (writeStream, 3 copies) and read back (readStream) by a client process`);
-  const big = await largeTransfer(directoryUrl, fileServers, plan.transferMiB, 'bench/large.bin');
+  const big = await largeTransfer(directoryUrl, pki, fileServers, plan.transferMiB, 'bench/large.bin');
   add({
     name: `${plan.transferMiB} MiB write, replication 3`,
     value: mbPerSecond(big.size, big.writeMs),

@@ -180,7 +180,7 @@ export async function durableLargeWrite(root: string, bytes: number): Promise<nu
 
 /** One line of the directory's journal per create: about three copy rows. */
 const JOURNAL_LINE = Buffer.from(
-  [0, 1, 2].map((i) => `add,bench/create-000000,fs-${i + 1},ws://127.0.0.1:40001,${i === 2 ? 'primary' : 'replica'},100001\n`).join(''),
+  [0, 1, 2].map((i) => `add,bench/create-000000,fs-${i + 1},wss://127.0.0.1:40001,${i === 2 ? 'primary' : 'replica'},100001\n`).join(''),
 );
 
 /** Sequential appends of one create's journal rows, each followed by fdatasync. */

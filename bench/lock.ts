@@ -1,6 +1,7 @@
 /**
  * The lock service, driven over the RPC layer the way the client library drives it.
  */
+import type { TestPki } from '../tests/helpers/tls.js';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import type { AcquireResult } from '../shared/protocol.js';
 import { cpuCores, cpuNote, drive, machineBusy, machineTicks, ms, p50, perSecond, progress, type Bounds, type Figure, type MachineLoad, type Run } from './measure.js';
@@ -20,8 +21,8 @@ async function release(conn: RpcConnection, name: string, token: number): Promis
 }
 
 /** One client, one name nobody else wants: acquire then release, back to back. */
-export async function uncontendedCycles(lockUrl: string, bounds: Bounds): Promise<Run> {
-  const conn = await connect(lockUrl);
+export async function uncontendedCycles(lockUrl: string, bounds: Bounds, pki: TestPki): Promise<Run> {
+  const conn = await connect(lockUrl, { transport: pki.client });
   try {
     await conn.call('hello', { client: 'bench-cycles' });
     const name = 'bench/lock-uncontended';
@@ -46,8 +47,8 @@ export interface HandOffRun {
  * hand-off is the time from that release being sent to the grant arriving here. All clients
  * live in this process, so both instants are read on the same clock.
  */
-export async function contendedHandOff(lockUrl: string, clients: number, bounds: Bounds): Promise<HandOffRun> {
-  const conns = await Promise.all(Array.from({ length: clients }, () => connect(lockUrl)));
+export async function contendedHandOff(lockUrl: string, clients: number, bounds: Bounds, pki: TestPki): Promise<HandOffRun> {
+  const conns = await Promise.all(Array.from({ length: clients }, () => connect(lockUrl, { transport: pki.client })));
   const name = 'bench/lock-contended';
   const samples: number[] = [];
   let releaseSentAt: number | null = null;
@@ -77,15 +78,15 @@ export async function contendedHandOff(lockUrl: string, clients: number, bounds:
   return { samples, grants, ms, cpuCores: cpuCores(cpu, ms), machineBusy: machineBusy(machine) };
 }
 
-export async function lockFigures({ plan, lockUrl }: AreaContext): Promise<Figure[]> {
+export async function lockFigures({ plan, lockUrl, pki }: AreaContext): Promise<Figure[]> {
   const C = plan.clients;
   progress('lock: acquire+release cycles, 1 client');
-  await uncontendedCycles(lockUrl, plan.warmup(1));
-  const cycles = await uncontendedCycles(lockUrl, plan.timed(1, 20_000));
+  await uncontendedCycles(lockUrl, plan.warmup(1), pki);
+  const cycles = await uncontendedCycles(lockUrl, plan.timed(1, 20_000), pki);
 
   progress(`lock: grant hand-off, ${C} clients contending for one name`);
-  await contendedHandOff(lockUrl, C, plan.warmup(C));
-  const handOff = await contendedHandOff(lockUrl, C, plan.timed(C, 1000));
+  await contendedHandOff(lockUrl, C, plan.warmup(C), pki);
+  const handOff = await contendedHandOff(lockUrl, C, plan.timed(C, 1000), pki);
   return [
     {
       section: SECTION,

@@ -1,6 +1,7 @@
 /**
  * How much each benchmark does (full or --quick), and the limits every area compares against.
  */
+import type { TestPki } from '../tests/helpers/tls.js';
 import type { Bounds } from './measure.js';
 
 export interface Plan {
@@ -66,6 +67,8 @@ export interface AreaContext {
   plan: Plan;
   directoryUrl: string;
   lockUrl: string;
+  /** The cluster's CA and certificates: what the bench's clients (and stand-ins) connect with. */
+  pki: TestPki;
   fileServers: Array<{ id: string; pid: number }>;
 }
 

@@ -87,6 +87,7 @@ async function main(): Promise<void> {
     plan,
     directoryUrl: cluster.directoryUrl,
     lockUrl: cluster.lockUrl,
+    pki: cluster.pki,
     fileServers: cluster.servers.map((s) => ({ id: s.id, pid: s.proc.pid })),
   };
   const figures = [...(await lockFigures(context)), ...(await directoryFigures(context)), ...(await fileFigures(context))];

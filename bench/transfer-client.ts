@@ -9,6 +9,7 @@
  * and hashes nothing itself (readStream still checks the sha256), so the timings are the
  * service's, not a content generator's.
  */
+import { transportFromEnv } from '../tests/helpers/tls.js';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { DfsClient } from '../client/dfs-client.js';
@@ -30,7 +31,7 @@ async function* content(): AsyncIterable<Buffer> {
   }
 }
 
-const client = await DfsClient.connect(directoryUrl, { clientName: 'bench-transfer' });
+const client = await DfsClient.connect(directoryUrl, { transport: await transportFromEnv(), clientName: 'bench-transfer' });
 try {
   await client.create(name);
   const writeStarted = performance.now();

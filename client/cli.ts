@@ -10,7 +10,7 @@
  */
 import { parseArgs } from 'node:util';
 
-const DEFAULT_DIRECTORY_URL = 'ws://127.0.0.1:9090';
+const DEFAULT_DIRECTORY_URL = 'wss://127.0.0.1:9090';
 /** How long a command waits in line for a lock unless --timeout says otherwise. */
 const DEFAULT_LOCK_TIMEOUT_MS = 60_000;
 const MAX_LOCK_TIMEOUT_MS = 3_600_000; // the lock service's limit
@@ -39,6 +39,9 @@ commands:
 
 options:
   --directory URL        the directory service (default $DFS_DIRECTORY, else ${DEFAULT_DIRECTORY_URL})
+  --ca FILE              the cluster's CA certificate (default $DFS_CA; on the machine that
+                         runs npm start, found by itself)
+  --insecure             talk plain ws:// to a cluster started with --insecure
   --timeout MS           how long to wait in line for a lock (default ${DEFAULT_LOCK_TIMEOUT_MS})
   --name LABEL           how other clients see this one as a lock holder (default $DFS_CLIENT_NAME,
                          else user@host:pid)
@@ -71,6 +74,8 @@ interface Invocation {
   /** What follows `--` (the command of `lock`). */
   afterDashes: string[];
   directoryUrl: string;
+  ca: string | undefined;
+  insecure: boolean;
   lockTimeoutMs: number;
   clientName: string | undefined;
   help: boolean;
@@ -86,6 +91,8 @@ function parseInvocation(argv: string[]): Invocation {
     strict: true,
     options: {
       directory: { type: 'string' },
+      ca: { type: 'string' },
+      insecure: { type: 'boolean' },
       timeout: { type: 'string' },
       name: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -101,7 +108,9 @@ function parseInvocation(argv: string[]): Invocation {
     command,
     args: command === 'lock' ? rest : [...rest, ...afterDashes],
     afterDashes: command === 'lock' ? afterDashes : [],
-    directoryUrl: values.directory ?? process.env.DFS_DIRECTORY ?? DEFAULT_DIRECTORY_URL,
+    directoryUrl: values.directory ?? process.env.DFS_DIRECTORY ?? (values.insecure ? DEFAULT_DIRECTORY_URL.replace('wss:', 'ws:') : DEFAULT_DIRECTORY_URL),
+    ca: values.ca,
+    insecure: values.insecure === true,
     lockTimeoutMs,
     clientName: values.name ?? process.env.DFS_CLIENT_NAME ?? undefined,
     help: values.help === true || command === 'help',
@@ -136,7 +145,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  const session = { directoryUrl: invocation.directoryUrl, lockTimeoutMs: invocation.lockTimeoutMs, ...(invocation.clientName ? { clientName: invocation.clientName } : {}) };
+  const session = { directoryUrl: invocation.directoryUrl, ca: invocation.ca, insecure: invocation.insecure, lockTimeoutMs: invocation.lockTimeoutMs, ...(invocation.clientName ? { clientName: invocation.clientName } : {}) };
   if (invocation.command === null) {
     const { runRepl } = await import('./repl.js');
     return runRepl(session);

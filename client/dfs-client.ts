@@ -43,10 +43,13 @@ import type {
 } from '../shared/protocol.js';
 import { INLINE_CONTENT_BYTES } from '../shared/limits.js';
 import { checkUrl, type RpcConnection, type Response } from '../shared/rpc.js';
+import type { Transport } from '../shared/tls/transport.js';
 import { ContentCache, type CachedFile } from './cache.js';
 import { LockClient, type HeldLock } from './lock-client.js';
 
 export interface DfsClientOptions {
+  /** TLS with the cluster CA (client/credentials.ts finds it), or plain ws:// under --insecure. */
+  transport: Transport;
   /** Shown to other clients as the holder of this client's locks (default user@host:pid). */
   clientName?: string;
   /** Bytes of file content the cache may hold (default 64 MiB). */
@@ -108,6 +111,7 @@ interface WriteTarget {
   /** The placement the directory gave; a primary that knows an older one checks again. */
   placementEpoch: number;
   primaryUrl: string;
+  primaryId: string;
 }
 
 /** What a write learned of its own fate: whether an attempt may have been applied unseen. */
@@ -156,13 +160,14 @@ export class DfsClient {
     this.log = options.log ?? silentLogger;
     this.lockTimeoutMs = options.lockTimeoutMs ?? 30_000;
     this.retryBudgetMs = options.retryBudgetMs ?? 15_000;
-    this.pool = new ConnectionPool({ connectTimeoutMs: 5000, log: this.log });
+    this.pool = new ConnectionPool({ transport: options.transport, connectTimeoutMs: 5000, log: this.log });
     this.locks = new LockClient({
       lockUrl: async () => {
         if (!this.lockUrl) await this.directory();
         return this.lockUrl as string;
       },
       clientName: this.clientName,
+      transport: options.transport,
       log: this.log,
       connectBudgetMs: this.retryBudgetMs,
       ...(options.reclaimBudgetMs !== undefined ? { reclaimBudgetMs: options.reclaimBudgetMs } : {}),
@@ -171,7 +176,7 @@ export class DfsClient {
   }
 
   /** Connects to a cluster through its directory. UNAVAILABLE if the directory cannot be reached. */
-  static async connect(directoryUrl: string, options: DfsClientOptions = {}): Promise<DfsClient> {
+  static async connect(directoryUrl: string, options: DfsClientOptions): Promise<DfsClient> {
     checkUrl(directoryUrl);
     const client = new DfsClient(directoryUrl, options);
     try {
@@ -186,7 +191,7 @@ export class DfsClient {
   // ------------------------------------------------------------ connections and retries
 
   private async directory(): Promise<RpcConnection> {
-    const conn = await this.pool.get(this.directoryUrl);
+    const conn = await this.pool.get(this.directoryUrl, { role: 'directory' });
     if (!this.lockUrl) {
       const info = (await conn.call('info', {})).result as InfoResult;
       this.lockUrl = info.lockUrl;
@@ -226,7 +231,7 @@ export class DfsClient {
     const conn = await this.retrying('create', () => this.directory());
     // create is not idempotent, so it is not retried once sent: EXISTS would hide a success.
     const placement = (await conn.call('create', { name })).result as Placement;
-    this.writeTargets.set(name, { epoch: placement.epoch, placementEpoch: placement.placementEpoch, primaryUrl: placement.primary.url });
+    this.writeTargets.set(name, { epoch: placement.epoch, placementEpoch: placement.placementEpoch, primaryUrl: placement.primary.url, primaryId: placement.primary.id });
     this.cache.delete(name);
     return placement;
   }
@@ -270,7 +275,7 @@ export class DfsClient {
     return this.retrying('stat', async () => {
       const placement = (await (await this.directory()).call('placement', { name })).result as PlacementResult;
       const loc = (await (await this.directory()).call('locate', { name, for: 'read' })).result as LocateResult;
-      const meta = (await (await this.pool.get(loc.server.url)).call('stat', { name })).result as FileMeta;
+      const meta = (await (await this.pool.get(loc.server.url, { role: 'file-server', id: loc.server.id })).call('stat', { name })).result as FileMeta;
       return { ...meta, primary: placement.primary.id, copies: placement.copies };
     });
   }
@@ -352,7 +357,7 @@ export class DfsClient {
         args.ifEpoch = cached.epoch;
         args.ifVersion = cached.version;
       }
-      const conn = await this.pool.get(loc.server.url);
+      const conn = await this.pool.get(loc.server.url, { role: 'file-server', id: loc.server.id });
       const res = await conn.call('read', args).catch((err: unknown) => {
         // Every replica may lag what this client saw (the primary died between its replicas'
         // commits): the primary's copy is the file's history, so the next try asks it.
@@ -399,7 +404,7 @@ export class DfsClient {
     let fromPrimary = false;
     return this.retrying('read', async () => {
       const loc = await this.readTarget(name, fromPrimary);
-      const conn = await this.pool.get(loc.server.url);
+      const conn = await this.pool.get(loc.server.url, { role: 'file-server', id: loc.server.id });
       const res = await conn.call('read', { name, ...this.seenArgs(name, loc.epoch) }).catch((err: unknown) => {
         if (err instanceof DfsError && err.details?.behind === true) fromPrimary = true;
         throw err;
@@ -484,7 +489,7 @@ export class DfsClient {
       await this.retrying('delete', async () => {
         const target = await this.writeTarget(name);
         try {
-          await (await this.pool.get(target.primaryUrl)).call('delete', { name, epoch: target.epoch, token });
+          await (await this.pool.get(target.primaryUrl, { role: 'file-server', id: target.primaryId })).call('delete', { name, epoch: target.epoch, token });
         } catch (err) {
           this.onWriteError(name, err, attempt);
         }
@@ -555,7 +560,7 @@ export class DfsClient {
     const known = this.writeTargets.get(name);
     if (known) return known;
     const loc = (await (await this.directory()).call('locate', { name, for: 'write' })).result as LocateResult;
-    const target = { epoch: loc.epoch, placementEpoch: loc.placementEpoch, primaryUrl: loc.server.url };
+    const target = { epoch: loc.epoch, placementEpoch: loc.placementEpoch, primaryUrl: loc.server.url, primaryId: loc.server.id };
     this.writeTargets.set(name, target);
     return target;
   }
@@ -579,7 +584,7 @@ export class DfsClient {
         const target = await this.writeTarget(name);
         const args: Record<string, unknown> = { name, epoch: target.epoch, placementEpoch: target.placementEpoch, token, mode, size, requestId };
         try {
-          const conn = await this.pool.get(target.primaryUrl);
+          const conn = await this.pool.get(target.primaryUrl, { role: 'file-server', id: target.primaryId });
           if (source.kind === 'buffer') {
             args.sha256 = contentSha;
             if (size <= INLINE_CONTENT_BYTES) return (await conn.call('write', args, { body: source.content, timeoutMs: 60_000 })).result as WriteResult;

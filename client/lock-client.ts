@@ -12,6 +12,7 @@
  * write under it fails with LOCK_LOST until the caller unlocks it or locks the name again.
  */
 import { DfsError, isTransient, toDfsError } from '../shared/errors.js';
+import type { Transport } from '../shared/tls/transport.js';
 import type { Logger } from '../shared/log.js';
 import { allPages } from '../shared/pages.js';
 import type { AcquireResult, HeldResult, HelloResult, LockStatus, LockStatusResult, QueuedEvent } from '../shared/protocol.js';
@@ -36,6 +37,7 @@ export interface LockClientOptions {
   /** Where the lock service is (asked of the directory). */
   lockUrl: () => Promise<string>;
   clientName: string;
+  transport: Transport;
   log: Logger;
   /** How long to keep trying to reach the lock service again to reclaim held locks (default 30 s). */
   reclaimBudgetMs?: number;
@@ -219,7 +221,7 @@ export class LockClient {
   }
 
   private async establish(): Promise<RpcConnection> {
-    const conn = await connect(await this.options.lockUrl(), { connectTimeoutMs: CONNECT_TIMEOUT_MS, log: this.options.log });
+    const conn = await connect(await this.options.lockUrl(), { transport: this.options.transport, connectTimeoutMs: CONNECT_TIMEOUT_MS, log: this.options.log }, { role: 'lock' });
     const client = labelFor(this.options.clientName);
     try {
       if (this.session) await this.reclaim(conn, this.session, client);

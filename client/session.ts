@@ -3,12 +3,16 @@
  * useful message when the directory is not there, creating a file that a write names but that
  * does not exist yet, and turning any error into one line for a person.
  */
+import { clientTransport } from './credentials.js';
 import { DfsClient } from './dfs-client.js';
 import { DfsError } from '../shared/errors.js';
 import { assertValidName } from '../shared/names.js';
 
 export interface SessionOptions {
   directoryUrl: string;
+  /** --ca FILE and --insecure (credentials.ts finds the CA otherwise). */
+  ca?: string | undefined;
+  insecure?: boolean | undefined;
   clientName?: string;
   lockTimeoutMs: number;
 }
@@ -24,7 +28,9 @@ export async function openSession(options: SessionOptions, onLockLost?: (name: s
   const inherited = inheritedLock(process.env);
   let client: DfsClient;
   try {
+    const transport = await clientTransport({ directoryUrl: options.directoryUrl, ca: options.ca, insecure: options.insecure });
     client = await DfsClient.connect(options.directoryUrl, {
+      transport,
       lockTimeoutMs: options.lockTimeoutMs,
       ...(options.clientName ? { clientName: options.clientName } : {}),
       ...(onLockLost ? { onLockLost } : {}),

@@ -4,6 +4,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isLogLevel, type LogLevel } from './log.js';
+import type { TransportFlags } from './tls/transport.js';
 
 type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -19,6 +20,8 @@ export interface ServiceArgs {
   data: string;
   logLevel: LogLevel;
   connections: ConnectionLimits;
+  /** --ca, --cert, --key (defaults $DFS_CA, $DFS_CERT, $DFS_KEY) and --insecure. */
+  transport: TransportFlags;
   values: Record<string, string | boolean | undefined>;
 }
 
@@ -45,6 +48,10 @@ const common: OptionSpec = {
   'handshake-timeout-ms': { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
   quiet: { type: 'boolean', short: 'q' },
+  ca: { type: 'string' },
+  cert: { type: 'string' },
+  key: { type: 'string' },
+  insecure: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
 
@@ -57,7 +64,13 @@ export const COMMON_USAGE = `  --host HOST          address to listen on (defaul
   --max-connections N  sockets held at once; more are refused (default: the open-file
                        limit less 128, at most 10000)
   --handshake-timeout-ms N
-                       drop a connection whose WebSocket handshake takes longer (default 5000)`;
+                       drop a connection whose WebSocket handshake takes longer (default 5000)
+  --ca FILE            the cluster CA certificate (default $DFS_CA)
+  --cert FILE          this service's certificate from that CA (default $DFS_CERT)
+  --key FILE           its private key (default $DFS_KEY); npm start makes all three
+                       under DATA/tls, and npm run cert -- issue one for another machine
+  --insecure           plain ws:// without TLS: traffic readable on the network and
+                       services believed on their word (every process must have it)`;
 
 /**
  * Parses the common service flags plus `extra`. Exits the process on --help or a usage error,
@@ -82,8 +95,13 @@ export function parseServiceArgs(argv: string[], spec: { usage: string; defaultP
     const connections: ConnectionLimits = {};
     if (typeof values['max-connections'] === 'string') connections.maxConnections = parsePositiveInt(values['max-connections'], '--max-connections', 1_000_000);
     if (typeof values['handshake-timeout-ms'] === 'string') connections.handshakeTimeoutMs = parsePositiveInt(values['handshake-timeout-ms'], '--handshake-timeout-ms', 600_000);
+    const fromEnv = (name: string) => process.env[name] || undefined;
+    const transport: TransportFlags = values.insecure
+      ? { insecure: true, ca: values.ca as string | undefined, cert: values.cert as string | undefined, key: values.key as string | undefined }
+      : { ca: (values.ca as string | undefined) ?? fromEnv('DFS_CA'), cert: (values.cert as string | undefined) ?? fromEnv('DFS_CERT'), key: (values.key as string | undefined) ?? fromEnv('DFS_KEY') };
     return {
       connections,
+      transport,
       host: typeof values.host === 'string' ? values.host : '127.0.0.1',
       port: typeof values.port === 'string' ? parsePort(values.port, '--port') : spec.defaultPort,
       data: typeof values.data === 'string' ? values.data : spec.defaultData,

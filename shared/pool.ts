@@ -4,7 +4,11 @@
  * a dead replica's connect every time.
  */
 import { DfsError } from './errors.js';
-import { connect, type ConnectOptions, type RpcConnection } from './rpc.js';
+import { connect, type ConnectOptions, type Expected, type RpcConnection } from './rpc.js';
+
+function matches(conn: RpcConnection, expected: Expected | undefined): boolean {
+  return !expected || (conn.service?.role === expected.role && (expected.id === undefined || conn.service.id === expected.id));
+}
 
 export class ConnectionPool {
   private readonly open = new Map<string, RpcConnection>();
@@ -13,22 +17,32 @@ export class ConnectionPool {
   private closed = false;
 
   constructor(
-    private readonly options: ConnectOptions & { retryAfterMs?: number; onConnect?: (conn: RpcConnection, url: string) => Promise<void> | void } = {},
+    private readonly options: ConnectOptions & {
+      retryAfterMs?: number;
+      /** Whom every connection must reach unless get() says otherwise. */
+      expect?: Expected;
+      onConnect?: (conn: RpcConnection, url: string) => Promise<void> | void },
   ) {}
 
-  /** The open connection to url, connecting if needed. UNAVAILABLE if the peer cannot be reached. */
-  get(url: string): Promise<RpcConnection> {
+  /**
+   * The open connection to url, connecting if needed. UNAVAILABLE if the peer cannot be reached,
+   * or if the service there is not `expected` (a server id now at another address, an impostor).
+   */
+  get(url: string, expected: Expected | undefined = this.options.expect): Promise<RpcConnection> {
     if (this.closed) return Promise.reject(new DfsError('CLOSED', 'connection pool closed'));
     const existing = this.open.get(url);
-    if (existing && !existing.closed) return Promise.resolve(existing);
+    if (existing && !existing.closed) {
+      if (matches(existing, expected)) return Promise.resolve(existing);
+      return Promise.reject(new DfsError('UNAVAILABLE', `the service at ${url} is ${existing.service ? `${existing.service.role} ${existing.service.id}` : 'not a cluster service'}, not ${expected!.role} ${expected!.id ?? ''}`.trimEnd()));
+    }
     const pending = this.opening.get(url);
-    if (pending) return pending;
+    if (pending) return pending.then((conn) => (matches(conn, expected) ? conn : this.get(url, expected)));
     const failed = this.failedAt.get(url);
     const retryAfterMs = this.options.retryAfterMs ?? 0;
     if (failed && Date.now() - failed.at < retryAfterMs) return Promise.reject(failed.error);
     const attempt = (async () => {
       try {
-        const conn = await connect(url, this.options);
+        const conn = await connect(url, this.options, expected);
         try {
           if (this.options.onConnect) await this.options.onConnect(conn, url);
         } catch (err) {

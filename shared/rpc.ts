@@ -8,7 +8,7 @@
 export { RpcConnection, type CallOptions, type ConnectionOptions, type Response } from './rpc/connection.js';
 export { IncomingStream } from './rpc/incoming-stream.js';
 export { Reply, op, type CallContext, type Handler, type Handlers } from './rpc/handler.js';
-export { RpcServer, checkUrl, connect, type ConnectOptions, type ServerOptions } from './rpc/server.js';
+export { RpcServer, checkUrl, connect, type ConnectOptions, type Expected, type ServerOptions } from './rpc/server.js';
 export {
   DEFAULT_CALL_TIMEOUT_MS,
   DEFAULT_CHUNK_BYTES,

@@ -21,7 +21,7 @@ let client: DfsClient;
 test.before(async () => {
   cluster = await Cluster.start();
   dir = await tempDir('dfs-cli-');
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'test-holder' });
+  client = await cluster.client({ clientName: 'test-holder' });
 });
 
 test.after(async () => {
@@ -30,7 +30,7 @@ test.after(async () => {
   await removeDir(dir);
 });
 
-const dfs = (args: string[], stdin?: Buffer | string) => runCli(['--directory', cluster.directoryUrl, ...args], stdin === undefined ? {} : { stdin });
+const dfs = (args: string[], stdin?: Buffer | string) => runCli(['--directory', cluster.directoryUrl, ...args], { env: cluster.clientEnv, ...(stdin === undefined ? {} : { stdin }) });
 
 /** Every byte value, then `size - 256` random bytes. */
 function binary(size: number): Buffer {
@@ -85,7 +85,7 @@ test('ls, stat, status, rm', async () => {
   assert.match(stat.stdout.toString(), /primary\s+fs-\d/);
   const status = await dfs(['status']);
   assert.is(status.code, 0, status.stderr);
-  for (const id of ['fs-1', 'fs-2', 'fs-3']) assert.match(status.stdout.toString(), new RegExp(`${id}\\s+ws://\\S+\\s+up\\s+in-sync`));
+  for (const id of ['fs-1', 'fs-2', 'fs-3']) assert.match(status.stdout.toString(), new RegExp(`${id}\\s+wss://\\S+\\s+up\\s+in-sync`));
   const rm = await dfs(['rm', 'list/a.txt']);
   assert.is(rm.code, 0, rm.stderr);
   assert.is((await dfs(['ls', 'list/'])).stdout.toString(), 'list/b.txt\n');
@@ -96,9 +96,9 @@ test('exit statuses: 0 ok, 1 error with one line on stderr, 2 usage error', asyn
   const missing = await dfs(['cat', 'no-such-file']);
   assert.is(missing.code, 1);
   assert.match(missing.stderr, /^dfs: error: .*no-such-file.*\n$/);
-  const unreachable = await runCli(['--directory', `ws://127.0.0.1:${await freePort()}`, 'ls']);
+  const unreachable = await runCli(['--directory', `wss://127.0.0.1:${await freePort()}`, 'ls'], { env: cluster.clientEnv });
   assert.is(unreachable.code, 1);
-  assert.match(unreachable.stderr, /^dfs: error: cannot reach ws:\/\/127\.0\.0\.1:\d+: connection refused; is the cluster running\?/);
+  assert.match(unreachable.stderr, /^dfs: error: cannot reach wss:\/\/127\.0\.0\.1:\d+: connection refused; is the cluster running\?/);
   assert.is(unreachable.stderr.split('\n').length, 2, 'one line');
   const noFile = await dfs(['put', join(dir, 'not-there'), 'x']);
   assert.is(noFile.code, 1);
@@ -136,7 +136,7 @@ test('lock NAME -- CMD runs concurrent callers one at a time, in arrival order',
   const callers: CliProcess[] = [];
   try {
     for (let i = 0; i < 4; i++) {
-      const caller = startCli(`caller-${i}`, ['--directory', cluster.directoryUrl, 'lock', 'queue.lock', '--', process.execPath, script, String(i), log]);
+      const caller = startCli(`caller-${i}`, ['--directory', cluster.directoryUrl, 'lock', 'queue.lock', '--', process.execPath, script, String(i), log], cluster.clientEnv);
       callers.push(caller);
       await caller.waitForLine(new RegExp(`^waiting for lock on queue\\.lock \\(held by .*test-holder.*, ${ordinals[i]} in line\\)$`));
     }

@@ -9,10 +9,11 @@ import { DfsError } from '../shared/errors.js';
 import { holdingsOf, type BehindResult, type Holding, type ListResult, type LocateResult, type Placement, type PlacementResult, type RegisterResult, type StatusResult, type HoldingsResult, type HeartbeatResult, type InfoResult } from '../shared/protocol.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 import { waitFor } from './helpers/wait.js';
+import { TestPki } from './helpers/tls.js';
 
 const test = suite('directory');
 
-const LOCK_URL = 'ws://127.0.0.1:4999';
+const LOCK_URL = 'wss://127.0.0.1:4999';
 const DOWN_AFTER_MS = 600;
 
 interface Directory {
@@ -26,19 +27,32 @@ const dirs: string[] = [];
 const conns: RpcConnection[] = [];
 const fakes: FakeFileServer[] = [];
 
+let pkiMade: Promise<TestPki> | null = null;
+/** The CA and certificates of these tests, made once; a fake file server's is issued on demand. */
+function testPki(): Promise<TestPki> {
+  pkiMade ??= tempDir('dfs-pki-').then((dir) => {
+    dirs.push(dir);
+    return TestPki.make(dir, [{ role: 'directory', id: 'directory' }]);
+  });
+  return pkiMade;
+}
+
 async function startDirectory(options: { dataDir?: string; port?: number; args?: string[] } = {}): Promise<Directory> {
   const dataDir = options.dataDir ?? (await tempDir('dfs-directory-'));
   if (!dirs.includes(dataDir)) dirs.push(dataDir);
   const port = options.port ?? (await freePort());
   const proc = startNode('directory', 'servers/directory/main.js', [
-    '--host', '127.0.0.1', '--port', String(port), '--data', dataDir, '--lock', LOCK_URL, '--down-after-ms', String(DOWN_AFTER_MS), ...(options.args ?? []),
+    ...(await testPki()).flags('directory'), '--host', '127.0.0.1', '--port', String(port), '--data', dataDir, '--lock', LOCK_URL, '--down-after-ms', String(DOWN_AFTER_MS), ...(options.args ?? []),
   ]);
-  const match = await proc.waitForLine(/listening url=(ws:\/\/\S+)/);
+  const match = await proc.waitForLine(/listening url=(wss:\/\/\S+)/);
   return { proc, url: match[1]!, dataDir, port };
 }
 
-async function client(url: string): Promise<RpcConnection> {
-  const conn = await connect(url);
+/** A connection as a user's client, or `as` the file server with that id (its certificate). */
+async function client(url: string, as?: string): Promise<RpcConnection> {
+  const pki = await testPki();
+  if (as) await pki.add({ role: 'file-server', id: as });
+  const conn = await connect(url, { transport: as ? await pki.as(as) : pki.client });
   conns.push(conn);
   return conn;
 }
@@ -46,6 +60,9 @@ async function client(url: string): Promise<RpcConnection> {
 async function call<T>(conn: RpcConnection, op: string, args: unknown): Promise<T> {
   return (await conn.call(op, args)).result as T;
 }
+
+/** The connection of the fake file server with this id (its certificate's). */
+const fakeConn = (id: string): RpcConnection => fakes.find((f) => f.id === id)!.conn;
 
 const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.code);
 
@@ -63,7 +80,7 @@ class FakeFileServer {
   ) {}
 
   static async start(directoryUrl: string, id: string, options: { synced?: boolean } = {}): Promise<FakeFileServer> {
-    const fake = new FakeFileServer(id, `ws://127.0.0.1:${await freePort()}`, await client(directoryUrl));
+    const fake = new FakeFileServer(id, `wss://127.0.0.1:${await freePort()}`, await client(directoryUrl, id));
     fakes.push(fake);
     await fake.register();
     if (options.synced ?? true) await fake.synced();
@@ -174,11 +191,11 @@ test('bad names and bad arguments get BAD_REQUEST and change nothing', async () 
   assert.is(await codeOf(app.call('register', { id: '../evil', url: 'ws://127.0.0.1:1' })), 'BAD_REQUEST');
   assert.is(await codeOf(app.call('register', { id: 'fsx', url: 'http://127.0.0.1:1' })), 'BAD_REQUEST');
   const boot = fakes.find((f) => f.id === 'fs1')!.boot;
-  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 1e12, boot })), 'BAD_REQUEST');
-  assert.is(await codeOf(app.call('caughtUp', { id: 'fs1', upTo: 0, boot, names: [] })), 'BAD_REQUEST');
+  assert.is(await codeOf(fakeConn('fs1').call('synced', { id: 'fs1', upTo: 1e12, boot })), 'BAD_REQUEST');
+  assert.is(await codeOf(fakeConn('fs1').call('caughtUp', { id: 'fs1', upTo: 0, boot, names: [] })), 'BAD_REQUEST');
   // Sequence numbers of an earlier run of the directory are refused: register again.
-  assert.is(await codeOf(app.call('synced', { id: 'fs1', upTo: 0, boot: 'an-earlier-run' })), 'NOT_FOUND');
-  assert.is(await codeOf(app.call('behind', { id: 'fs1', by: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
+  assert.is(await codeOf(fakeConn('fs1').call('synced', { id: 'fs1', upTo: 0, boot: 'an-earlier-run' })), 'NOT_FOUND');
+  assert.is(await codeOf(fakeConn('fs1').call('behind', { id: 'fs1', by: 'fs1', names: ['ok.txt', '../bad'] })), 'BAD_REQUEST');
   assert.equal(await call<ListResult>(app, 'list', {}), before);
   assert.is((await call<StatusResult>(app, 'status', {})).files, files);
   assert.is(await statusOf(app, 'fsx'), undefined);
@@ -195,7 +212,10 @@ test('a server that stops heartbeating is marked down; it comes back by register
   const err = (await fake.conn.call('heartbeat', { id: 'fs-quiet' }).catch((e) => e)) as DfsError;
   assert.is(err.code, 'NOT_FOUND');
   assert.is(err.message, 'server fs-quiet is not registered; register again');
-  assert.is(await codeOf(fake.conn.call('heartbeat', { id: 'never-seen' })), 'NOT_FOUND');
+  // A server's certificate names it: it cannot heartbeat (or register) as another.
+  assert.is(await codeOf(fake.conn.call('heartbeat', { id: 'never-seen' })), 'FORBIDDEN');
+  assert.is(await codeOf(fake.conn.call('register', { id: 'fs1', url: fake.url })), 'FORBIDDEN');
+  assert.is(await codeOf(app.call('heartbeat', { id: 'fs-quiet' })), 'UNAUTHENTICATED');
 
   await fake.register();
   const back = await statusOf(app, 'fs-quiet');
@@ -219,11 +239,11 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.equal(seen, seen[0] === r1 ? [r1, r2, r1, r2] : [r2, r1, r2, r1]);
 
   // A replica marked behind is skipped until it reports that it caught up.
-  const behind = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r1, by: file.primary.id });
+  const behind = await call<BehindResult>(fakeConn(file.primary.id), 'behind', { names: ['rr/file.txt'], id: r1, by: file.primary.id });
   assert.equal(behind, { markSeq: behind.markSeq, marked: 1, ignored: 0, refused: 0 });
   // A server that is not the file's primary cannot mark another's copy: a deposed primary's
   // report is refused, so the write it was for is not acknowledged.
-  const forged = await call<BehindResult>(app, 'behind', { names: ['rr/file.txt'], id: r2, by: r1 });
+  const forged = await call<BehindResult>(fakeConn(r1), 'behind', { names: ['rr/file.txt'], id: r2, by: r1 });
   assert.equal([forged.marked, forged.refused], [0, 1]);
   assert.equal(await readers(3), [r2, r2, r2]);
   const replica = fakes.find((f) => f.id === r1)!;
@@ -235,7 +255,7 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
   assert.is(placement.copies.find((c) => c.id === r1)?.inSync, false);
 
   // Both replicas behind: the primary serves reads.
-  await call(app, 'behind', { names: ['rr/file.txt'], id: r2, by: file.primary.id });
+  await call(fakeConn(file.primary.id), 'behind', { names: ['rr/file.txt'], id: r2, by: file.primary.id });
   assert.equal(await call<LocateResult>(app, 'locate', { name: 'rr/file.txt', for: 'read' }), {
     name: 'rr/file.txt',
     epoch: file.epoch,
@@ -254,7 +274,8 @@ test('reads go round-robin over replicas, skip unusable ones, fall back to the p
 
   // Only replica copies can be behind: a primary, a stranger or a missing file is ignored.
   for (const [name, id] of [['rr/file.txt', file.primary.id], ['rr/file.txt', 'fs-stranger'], ['rr/none.txt', r1]] as const) {
-    const result = await call<BehindResult>(app, 'behind', { names: [name], id, by: id });
+    const conn = id === 'fs-stranger' ? await client(main.url, id) : fakeConn(id);
+    const result = await call<BehindResult>(conn, 'behind', { names: [name], id, by: id });
     assert.equal([result.marked, result.ignored], [0, 1], `${name} on ${id}`);
   }
   assert.equal((await readers(2)).sort(), [r1, r2].sort());
@@ -277,11 +298,11 @@ test('holdings lists a server\'s copies, paginated, with where the other copies 
     const placement = await call<PlacementResult>(app, 'placement', { name: copy.name });
     assert.equal(copy, { name: copy.name, epoch: placement.epoch, placementEpoch: 1, role: placement.primary.id === 'fs1' ? 'primary' : 'replica', primary: placement.primary, replicas: placement.replicas });
   }
-  assert.equal(await call<HoldingsResult>(fs1.conn, 'holdings', { id: 'nobody' }), { copies: [], servers: {}, more: false });
+  assert.is(await codeOf(fs1.conn.call('holdings', { id: 'fs2' })), 'FORBIDDEN', "a server cannot ask for another's holdings");
 });
 
 test('malformed frames, unknown ops and oversize messages get errors; others are still served', async () => {
-  const ws = new WebSocket(main.url);
+  const ws = new WebSocket(main.url, { ca: (await testPki()).caPem });
   await new Promise((resolve) => ws.once('open', resolve));
   const replies: Array<{ id: number; ok: boolean; error?: { code: string } }> = [];
   ws.on('message', (data) => replies.push(JSON.parse(data.toString())));
@@ -296,7 +317,7 @@ test('malformed frames, unknown ops and oversize messages get errors; others are
   assert.is(replies.find((r) => r.id === 7)?.ok, true);
   ws.close();
 
-  const big = await connect(main.url, { maxMessageBytes: 16 << 20 });
+  const big = await connect(main.url, { transport: (await testPki()).client, maxMessageBytes: 16 << 20 });
   const err = (await big.call('list', { prefix: 'x'.repeat(5 << 20) }).catch((e) => e)) as DfsError;
   assert.is(err.code, 'TOO_LARGE');
   assert.ok((await call<ListResult>(app, 'list', { limit: 1 })).names.length === 1);

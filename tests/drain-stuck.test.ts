@@ -19,7 +19,7 @@ async function placement(name: string): Promise<PlacementResult> {
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 2, replication: 1 });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'rv', retryBudgetMs: 30_000 });
+  client = await cluster.client({ clientName: 'rv', retryBudgetMs: 30_000 });
 });
 
 test.after(async () => {

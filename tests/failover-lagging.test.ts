@@ -8,7 +8,6 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
-import { connect } from '../shared/rpc.js';
 import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { failure } from './helpers/raw.js';
@@ -24,7 +23,7 @@ let cachedReader: DfsClient;
 let monotonicReader: DfsClient;
 
 async function versionOn(url: string, name: string, epoch: number): Promise<number> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     return ((await conn.call('fetch', { name, epoch })).result as ReadResult).version;
   } finally {
@@ -34,10 +33,10 @@ async function versionOn(url: string, name: string, epoch: number): Promise<numb
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: DOWN_MS, directoryArgs: ['--failover-after-ms', String(FAILOVER_MS)] });
-  writer = await DfsClient.connect(cluster.directoryUrl, { clientName: 'writer', retryBudgetMs: 30_000 });
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'reader', cacheBytes: 0 });
-  cachedReader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'cached-reader', retryBudgetMs: 3000 });
-  monotonicReader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'monotonic-reader', cacheBytes: 0, retryBudgetMs: 30_000 });
+  writer = await cluster.client({ clientName: 'writer', retryBudgetMs: 30_000 });
+  reader = await cluster.client({ clientName: 'reader', cacheBytes: 0 });
+  cachedReader = await cluster.client({ clientName: 'cached-reader', retryBudgetMs: 3000 });
+  monotonicReader = await cluster.client({ clientName: 'monotonic-reader', cacheBytes: 0, retryBudgetMs: 30_000 });
 });
 
 test.after(async () => {
@@ -58,7 +57,7 @@ test('a version readers saw before failover is still what they read after it', a
 
   // One write by hand, without retries: the primary dies after the first replica's commit.
   const lock = await writer.lock(name);
-  const conn = await connect(victim.url);
+  const conn = await cluster.connect(victim.url);
   const body = Buffer.from('two\n');
   const died = failure(conn.call('write', { name, epoch: before.epoch, placementEpoch: before.placementEpoch, token: lock.token, mode: 'append', size: body.length, requestId: 'by-hand-1' }, { body }));
   await victim.proc.waitForExit(20_000);

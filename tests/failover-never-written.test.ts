@@ -17,7 +17,7 @@ let writer: DfsClient;
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: FAILOVER_MS, directoryArgs: ['--failover-after-ms', String(FAILOVER_MS)] });
-  writer = await DfsClient.connect(cluster.directoryUrl, { clientName: 'writer', retryBudgetMs: 12_000 });
+  writer = await cluster.client({ clientName: 'writer', retryBudgetMs: 12_000 });
 });
 
 test.after(async () => {

@@ -16,8 +16,8 @@ let reader: DfsClient;
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: FAILOVER_MS, directoryArgs: ['--failover-after-ms', String(FAILOVER_MS)] });
-  writer = await DfsClient.connect(cluster.directoryUrl, { clientName: 'writer', retryBudgetMs: 30_000 });
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'reader', cacheBytes: 0 });
+  writer = await cluster.client({ clientName: 'writer', retryBudgetMs: 30_000 });
+  reader = await cluster.client({ clientName: 'reader', cacheBytes: 0 });
 });
 
 test.after(async () => {

@@ -7,7 +7,6 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
 import { DfsError } from '../shared/errors.js';
-import { connect } from '../shared/rpc.js';
 import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { choosePrimary } from '../servers/directory/failover.js';
 import { nextVersion } from '../servers/file/primary-writes.js';
@@ -21,13 +20,13 @@ let cluster: Cluster;
 const clients: DfsClient[] = [];
 
 async function client(name: string, options: { cacheBytes?: number } = {}): Promise<DfsClient> {
-  const c = await DfsClient.connect(cluster.directoryUrl, { clientName: name, retryBudgetMs: 30_000, ...options });
+  const c = await cluster.client({ clientName: name, retryBudgetMs: 30_000, ...options });
   clients.push(c);
   return c;
 }
 
 async function copyOn(url: string, name: string, epoch: number): Promise<{ version: number; content: string }> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const res = await conn.call('fetch', { name, epoch });
     const content = res.stream ? await res.stream.collect(64 << 20) : (res.body ?? Buffer.alloc(0));
@@ -154,7 +153,7 @@ test('a primary frozen past the failover time accepts nothing under its old epoc
   // A client that still has the old placement writes to the old primary as it wakes.
   const lock = await writer.lock(name);
   const stale = (async () => {
-    const conn = await connect(old.url);
+    const conn = await cluster.connect(old.url);
     try {
       const body = Buffer.from('evil\n');
       return await conn.call(
@@ -173,7 +172,7 @@ test('a primary frozen past the failover time accepts nothing under its old epoc
 
   // And a replica refuses replication stamped with the old epoch outright.
   const replica = after.replicas.find((r) => r.id !== old.id)!;
-  const conn = await connect(replica.url);
+  const conn = await cluster.connect(replica.url, { as: old.id });
   try {
     const fenced = await failure(
       conn.call('rep.write', { name, epoch: before.epoch, version: 99, baseVersion: 2, mode: 'append', size: 1, from: old.id, placementEpoch: before.placementEpoch, mtime: Date.now() }, { body: Buffer.from('x') }),

@@ -21,7 +21,7 @@ async function placement(name: string): Promise<PlacementResult> {
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 2, directoryArgs: ['--failover-after-ms', '600000', '--replace-after-ms', '600000'] });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'rv', retryBudgetMs: 30_000 });
+  client = await cluster.client({ clientName: 'rv', retryBudgetMs: 30_000 });
 });
 
 test.after(async () => {
@@ -54,7 +54,7 @@ test('a primary restarted with a lost data folder recovers its files from its re
   await cluster.waitInSync(20_000, [primary]);
 
   // A new reader (no cache of what the writer saw).
-  const reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'rv-reader', retryBudgetMs: 10_000, cacheBytes: 0 });
+  const reader = await cluster.client({ clientName: 'rv-reader', retryBudgetMs: 10_000, cacheBytes: 0 });
   let got: string;
   try {
     got = (await reader.read(name)).content.toString();

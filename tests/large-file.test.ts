@@ -18,7 +18,7 @@ test.after(async () => {
 });
 
 test(`a ${SIZE_MIB} MiB file round-trips byte-identical with every process under 150 MB resident`, async () => {
-  const transfer = startNode('transfer', 'tests/helpers/transfer.js', [cluster.directoryUrl, 'large/blob.bin', String(SIZE_MIB)]);
+  const transfer = startNode('transfer', 'tests/helpers/transfer.js', [cluster.directoryUrl, 'large/blob.bin', String(SIZE_MIB)], cluster.clientEnv);
   const exit = await transfer.waitForExit(240_000);
   assert.is(exit.code, 0, transfer.output());
   const line = transfer.lines.find((l) => l.startsWith('{'));

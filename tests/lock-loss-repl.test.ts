@@ -48,7 +48,7 @@ const timer = setInterval(() => {
 
 test.before(async () => {
   cluster = await Cluster.start();
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'test-reader' });
+  reader = await cluster.client({ clientName: 'test-reader' });
   dir = await tempDir('dfs-lock-loss-repl-');
   stateHome = join(dir, 'state');
   editor = join(dir, 'editor.mjs');
@@ -72,6 +72,7 @@ function repl(name: string, go: string): CliProcess {
     EDITOR: `"${process.execPath}" "${editor}" "${go}"`,
     VISUAL: '',
     XDG_STATE_HOME: stateHome,
+    ...cluster.clientEnv,
   });
   running.push(proc);
   return proc;
@@ -103,7 +104,7 @@ test("alice's REPL is paused past her lease while her editor is open; bob append
   const logFrom = cluster.lock.lines.length;
   alice.freeze();
   // bob waits in line behind alice; her lease (3 s) lapses while she is stopped, and he gets it.
-  const bob = await runCli(['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'notes.txt'], { stdin: 'bob was here\n' });
+  const bob = await runCli(['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'notes.txt'], { stdin: 'bob was here\n', env: cluster.clientEnv });
   assert.is(bob.code, 0, bob.stderr);
   assert.match(bob.stderr, /waiting for lock on notes\.txt \(held by client alice/);
   await cluster.lock.waitForLine(/lease expired, session dropped .*client=alice .*locksFreed=1/, 5000, logFrom);
@@ -126,7 +127,7 @@ test("a lock-service restart while alice's editor is open: her lock is reclaimed
 
   await cluster.lock.kill9();
   await cluster.startLock();
-  const bob = startCli('bob', ['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'restart.txt']);
+  const bob = startCli('bob', ['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'restart.txt'], cluster.clientEnv);
   running.push(bob);
   bob.send('bob was here\n');
   bob.end();
@@ -148,7 +149,7 @@ test('lines typed under a lock lost meanwhile are kept; the write fails rather t
   alice.send('lock typed.txt\n');
   await alice.waitForLine(/^Locked typed\.txt/);
   alice.freeze();
-  const bob = await runCli(['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'typed.txt'], { stdin: 'bob was here\n' });
+  const bob = await runCli(['--directory', cluster.directoryUrl, '--name', 'bob', 'append', 'typed.txt'], { stdin: 'bob was here\n', env: cluster.clientEnv });
   assert.is(bob.code, 0, bob.stderr);
   alice.thaw();
   // Said as soon as alice's REPL learns it, before she writes anything.
@@ -172,6 +173,7 @@ test('dfs lock NAME -- CMD: dfs commands in CMD write under its lock instead of 
   await file('shared.txt', '');
   const result = await runCli(['--directory', cluster.directoryUrl, 'lock', 'shared.txt', '--', process.execPath, CLI, '--directory', cluster.directoryUrl, 'append', 'shared.txt'], {
     stdin: 'under the lock\n',
+    env: cluster.clientEnv,
   });
   assert.is(result.code, 0, result.stderr);
   assert.is(await content('shared.txt'), 'under the lock\n');
@@ -180,11 +182,11 @@ test('dfs lock NAME -- CMD: dfs commands in CMD write under its lock instead of 
 test('dfs lock NAME -- CMD paused past its lease: the loss is on stderr at once and at the end, CMD cannot write, the exit status is not 0', async () => {
   await file('fenced.txt', 'start\n');
   const go = join(dir, 'go-command');
-  const outer = startCli('outer', ['--directory', cluster.directoryUrl, '--name', 'outer', 'lock', 'fenced.txt', '--', process.execPath, commandScript, go, CLI, cluster.directoryUrl, 'fenced.txt']);
+  const outer = startCli('outer', ['--directory', cluster.directoryUrl, '--name', 'outer', 'lock', 'fenced.txt', '--', process.execPath, commandScript, go, CLI, cluster.directoryUrl, 'fenced.txt'], cluster.clientEnv);
   running.push(outer);
   await outer.waitForLine(/^command running$/);
   outer.freeze();
-  const other = await DfsClient.connect(cluster.directoryUrl, { clientName: 'other' });
+  const other = await cluster.client({ clientName: 'other' });
   try {
     await other.withLock('fenced.txt', () => other.append('fenced.txt', 'other\n'), { timeoutMs: 20_000 });
   } finally {

@@ -17,8 +17,8 @@ const test = suite('lock-loss');
 let cluster: Cluster;
 const clients: DfsClient[] = [];
 
-async function client(name: string, options: Parameters<typeof DfsClient.connect>[1] = {}): Promise<DfsClient> {
-  const c = await DfsClient.connect(cluster.directoryUrl, { clientName: name, ...options });
+async function client(name: string, options: Omit<Parameters<typeof DfsClient.connect>[1], 'transport'> = {}): Promise<DfsClient> {
+  const c = await cluster.client({ clientName: name, ...options });
   clients.push(c);
   return c;
 }
@@ -135,7 +135,7 @@ test('kill -9 of the lock service while 4 clients hold or wait: holders keep the
   const workers: ServiceProcess[] = [];
   for (let i = 1; i <= 4; i++) {
     const name = names[i % 2]!;
-    workers.push(startNode(`worker-${i}`, 'tests/helpers/lock-worker.js', ['--directory', cluster.directoryUrl, '--name', name, '--id', `w${i}`, '--rounds', String(rounds), '--hold-ms', '300']));
+    workers.push(startNode(`worker-${i}`, 'tests/helpers/lock-worker.js', ['--directory', cluster.directoryUrl, '--name', name, '--id', `w${i}`, '--rounds', String(rounds), '--hold-ms', '300'], cluster.clientEnv));
   }
   try {
     // A holder inside its section (between begin and end) on each name, the others in line.

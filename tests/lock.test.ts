@@ -6,6 +6,7 @@ import { DfsError } from '../shared/errors.js';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AcquireResult, HeldResult, HelloResult, LockStatusResult, QueuedEvent, ReclaimResult } from '../shared/protocol.js';
+import { sharedPki } from './helpers/tls.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 import { waitFor, within } from './helpers/wait.js';
 import { failure } from './helpers/raw.js';
@@ -13,7 +14,7 @@ import { failure } from './helpers/raw.js';
 const test = suite('lock');
 
 const LEASE_MS = 1000;
-const LISTENING = /listening url=(ws:\/\/\S+)/;
+const LISTENING = /listening url=(wss:\/\/\S+)/;
 
 let dataDir: string;
 let service: ServiceProcess;
@@ -23,7 +24,7 @@ const sessionIds = new Map<RpcConnection, string>();
 
 async function startLockService(dir: string, leaseMs = LEASE_MS, extra: string[] = []): Promise<{ proc: ServiceProcess; url: string }> {
   const port = await freePort();
-  const proc = startNode('lock', 'servers/lock/main.js', ['--host', '127.0.0.1', '--port', String(port), '--data', dir, '--lease-ms', String(leaseMs), ...extra]);
+  const proc = startNode('lock', 'servers/lock/main.js', [...(await sharedPki()).flags('lock'), '--host', '127.0.0.1', '--port', String(port), '--data', dir, '--lease-ms', String(leaseMs), ...extra]);
   const match = await proc.waitForLine(LISTENING);
   return { proc, url: match[1]! };
 }
@@ -31,7 +32,7 @@ async function startLockService(dir: string, leaseMs = LEASE_MS, extra: string[]
 const secrets = new Map<RpcConnection, string>();
 
 async function client(label: string, at = url): Promise<RpcConnection> {
-  const conn = await connect(at);
+  const conn = await connect(at, { transport: (await sharedPki()).client });
   clients.push(conn);
   const hello = (await conn.call('hello', { client: label })).result as HelloResult;
   sessionIds.set(conn, hello.session);
@@ -39,9 +40,10 @@ async function client(label: string, at = url): Promise<RpcConnection> {
   return conn;
 }
 
-/** A connection that has not said hello (a file server's, or one about to reclaim). */
-async function bare(at = url): Promise<RpcConnection> {
-  const conn = await connect(at);
+/** A connection that has not said hello (one about to reclaim, or `as` a file server, to validate tokens). */
+async function bare(at = url, as?: string): Promise<RpcConnection> {
+  const pki = await sharedPki();
+  const conn = await connect(at, { transport: as ? await pki.as(as) : pki.client });
   clients.push(conn);
   return conn;
 }
@@ -129,7 +131,7 @@ test('8 clients contending for one lock are granted in arrival order, each told 
 });
 
 test('a holder killed with kill -9 frees its lock for the next waiter at once', async () => {
-  const holder = startNode('holder', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'killed.txt', '--client', 'doomed']);
+  const holder = startNode('holder', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'killed.txt', '--client', 'doomed'], { DFS_CA: (await sharedPki()).caPath });
   const session = (await holder.waitForLine(/session id=(\S+)/))[1]!;
   const heldToken = Number((await holder.waitForLine(/granted token=(\d+)/))[1]);
   const waiter = await client('next');
@@ -146,7 +148,7 @@ test('a holder killed with kill -9 frees its lock for the next waiter at once', 
 });
 
 test('a holder frozen with SIGSTOP is dropped within the lease and the next waiter granted', async () => {
-  const holder = startNode('frozen', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'frozen.txt', '--client', 'sleepy']);
+  const holder = startNode('frozen', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'frozen.txt', '--client', 'sleepy'], { DFS_CA: (await sharedPki()).caPath });
   const session = (await holder.waitForLine(/session id=(\S+)/))[1]!;
   await holder.waitForLine(/granted token=\d+/);
   const waiter = await client('patient');
@@ -198,7 +200,7 @@ test('release by a non-holder is NOT_HOLDER and the holder keeps the lock', asyn
   assert.is(await codeOf(bob.call('release', { name: 'held.txt', token })), 'NOT_HOLDER');
   assert.is(await codeOf(alice.call('release', { name: 'held.txt', token: token + 1 })), 'NOT_HOLDER');
   assert.is(await codeOf(bob.call('release', { name: 'never-locked.txt' })), 'NOT_HOLDER');
-  assert.equal((await bob.call('validate', { name: 'held.txt', token })).result, { valid: true });
+  assert.equal((await (await bare(url, 'fs-1')).call('validate', { name: 'held.txt', token })).result, { valid: true });
   assert.is((await status(bob, 'held.txt')).locks[0]!.token, token);
   // re-acquire by the holder returns the same token
   assert.is(await acquire(alice, 'held.txt'), token);
@@ -208,7 +210,7 @@ test('release by a non-holder is NOT_HOLDER and the holder keeps the lock', asyn
 test('validate rejects released, stale and forged tokens', async () => {
   const alice = await client('alice');
   const bob = await client('bob');
-  const fileServer = await client('file-server');
+  const fileServer = await bare(url, 'fs-1');
   const first = await acquire(alice, 'v.txt');
   const bobWait = waitForLock(bob, 'v.txt');
   await waitFor(() => bobWait.events.length > 0, { what: 'bob to be queued' });
@@ -264,7 +266,7 @@ test('a cancelled acquire leaves the line; the one behind moves up and is grante
   assert.equal((await status(alice, 'c.txt')).locks[0]!.waiters.map((w) => w.split(' ')[1]), ['carol']);
   await alice.call('release', { name: 'c.txt' });
   const token = await carolWait.granted;
-  assert.is(await codeOf(bob.call('validate', { name: 'c.txt', token })), 'ok');
+  assert.is(await codeOf((await bare(url, 'fs-1')).call('validate', { name: 'c.txt', token })), 'ok');
   assert.is(lateGrant, false, 'bob was never granted');
   // bob's session holds nothing: its release is refused
   assert.is(await codeOf(bob.call('release', { name: 'c.txt' })), 'NOT_HOLDER');
@@ -293,7 +295,7 @@ test('bad input gets clear errors while another client keeps being served', asyn
   const token = await acquire(steady, 'steady.txt');
 
   // malformed frames on a raw socket
-  const ws = new WebSocket(url);
+  const ws = new WebSocket(url, { ca: (await sharedPki()).caPem });
   await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
   const replies: Array<{ id: number; ok: boolean; error?: { code: string; message: string } }> = [];
   ws.on('message', (data) => replies.push(JSON.parse(data.toString())));
@@ -321,14 +323,14 @@ test('bad input gets clear errors while another client keeps being served', asyn
   assert.is(await codeOf(other.call('hello', { client: '' })), 'BAD_REQUEST');
 
   // an oversize message is refused before it leaves: the call fails at once, nothing else changes
-  const big = await connect(url, { maxMessageBytes: 16 << 20 });
+  const big = await connect(url, { transport: (await sharedPki()).client, maxMessageBytes: 16 << 20 });
   clients.push(big);
   await big.call('acquire', { name: 'big.txt', timeoutMs: 0 });
   const tooLarge = await failure(big.call('status', {}, { body: Buffer.alloc(5 << 20) }));
   assert.is(tooLarge.code, 'TOO_LARGE');
   assert.is((await status(other, 'big.txt')).locks.length, 1, 'the sender keeps its connection and its lock');
   // a peer that sends one anyway loses only its own connection, and what it held is freed
-  const rude = new WebSocket(url, { maxPayload: 16 << 20 });
+  const rude = new WebSocket(url, { ca: (await sharedPki()).caPem, maxPayload: 16 << 20 });
   await new Promise((resolve, reject) => rude.once('open', resolve).once('error', reject));
   const rudeReplies: Array<{ id: number; ok: boolean }> = [];
   rude.on('message', (data) => rudeReplies.push(JSON.parse(data.toString())));
@@ -340,7 +342,7 @@ test('bad input gets clear errors while another client keeps being served', asyn
   await waitFor(async () => (await status(other, 'rude.txt')).locks.length === 0, { what: 'rude.txt to be freed' });
 
   // the steady client never noticed
-  assert.equal((await steady.call('validate', { name: 'steady.txt', token })).result, { valid: true });
+  assert.equal((await (await bare(url, 'fs-1')).call('validate', { name: 'steady.txt', token })).result, { valid: true });
   await steady.call('release', { name: 'steady.txt', token });
   assert.ok((await acquire(other, 'steady.txt', 0)) > token);
 });
@@ -363,7 +365,7 @@ for (const stop of ['SIGKILL', 'SIGTERM'] as const) {
       await running.proc.waitForLine(/listening .*locksRestored=2 graceMs=60000/);
 
       // The restored holder's tokens validate; its names go to nobody else; free names as usual.
-      const fileServer = await bare(running.url);
+      const fileServer = await bare(running.url, 'fs-1');
       assert.equal((await fileServer.call('validate', { name: 'kept.txt', token })).result, { valid: true });
       const bob = await client('bob', running.url);
       const locked = await failure(bob.call('acquire', { name: 'kept.txt', timeoutMs: 0 }));

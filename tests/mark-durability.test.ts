@@ -31,7 +31,8 @@ test('a behind answer never precedes the durability of the mark it relies on', a
     };
     const changes = { isBeingReplaced: () => false };
     const handlers = directoryHandlers(table, cluster, { log: silentLogger } as never, { markStore, changes } as never);
-    const ctx = {} as CallContext;
+    // The report comes over fs-1's connection: its certificate names it.
+    const ctx = { conn: { service: { role: 'file-server', id: 'fs-1' } } } as unknown as CallContext;
     const first = Promise.resolve(handlers.behind!({ id: 'fs-2', by: 'fs-1', names: ['f'] }, ctx));
     let firstDone = false;
     void first.then(() => (firstDone = true));

@@ -9,7 +9,7 @@ import { DfsClient } from '../client/dfs-client.js';
 import { DfsError } from '../shared/errors.js';
 import { nameProblem } from '../shared/names.js';
 import type { HelloResult, ListResult, LockStatusResult, Placement } from '../shared/protocol.js';
-import { connect, type RpcConnection } from '../shared/rpc.js';
+import type { RpcConnection } from '../shared/rpc.js';
 import { Cluster } from './helpers/cluster.js';
 
 const test = suite('names');
@@ -22,7 +22,7 @@ const conns: RpcConnection[] = [];
 let client: DfsClient | null = null;
 
 async function open(url: string): Promise<RpcConnection> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url);
   conns.push(conn);
   return conn;
 }
@@ -81,7 +81,7 @@ test('the same connections, and new clients, go on working', async () => {
   assert.is(await codeOf(lock.call('acquire', { name: '\udc00y', timeoutMs: 0 })), 'BAD_REQUEST');
   assert.is(await codeOf(lock.call('acquire', { name: 'x\ufffd', timeoutMs: 0 })), 'ok');
   await lock.call('release', { name: 'x\ufffd' });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'names-test-3' });
+  client = await cluster.client({ clientName: 'names-test-3' });
   await client.write('x\ufffd', 'still serving\n');
   assert.is((await client.read('x\ufffd')).content.toString(), 'still serving\n');
   assert.equal(await client.list(), ['x\ufffd']);

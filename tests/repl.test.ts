@@ -18,7 +18,7 @@ let reader: DfsClient;
 
 test.before(async () => {
   cluster = await Cluster.start();
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'test-reader' });
+  reader = await cluster.client({ clientName: 'test-reader' });
 });
 
 test.after(async () => {
@@ -26,7 +26,7 @@ test.after(async () => {
   await cluster.stop();
 });
 
-const repl = (name: string, env: NodeJS.ProcessEnv = {}) => startCli(name, ['--directory', cluster.directoryUrl, '--name', name], env);
+const repl = (name: string, env: NodeJS.ProcessEnv = {}) => startCli(name, ['--directory', cluster.directoryUrl, '--name', name], { ...cluster.clientEnv, ...env });
 
 test("seed 003's example session: client 1 writes and reads from its cache, client 2 from a file server", async () => {
   const client1 = repl('client-1');

@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import { nameKey } from '../servers/file/version-file.js';
 import { DfsClient } from '../client/dfs-client.js';
 import { DfsError } from '../shared/errors.js';
-import { connect } from '../shared/rpc.js';
 import type { FileServerStatus, PlacementResult, ReadResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
@@ -20,7 +19,7 @@ let cluster: Cluster;
 const clients: DfsClient[] = [];
 
 async function client(name: string, retryBudgetMs = 20_000): Promise<DfsClient> {
-  const c = await DfsClient.connect(cluster.directoryUrl, { clientName: name, retryBudgetMs });
+  const c = await cluster.client({ clientName: name, retryBudgetMs });
   clients.push(c);
   return c;
 }
@@ -31,7 +30,7 @@ async function placement(name: string): Promise<PlacementResult> {
 
 /** Reads a file straight from one server (bypassing the directory), whole. */
 async function readFrom(url: string, name: string): Promise<{ meta: ReadResult; content: Buffer }> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const res = await conn.call('fetch', { name, epoch: (await placement(name)).epoch });
     const content = res.stream ? await res.stream.collect(1 << 30) : (res.body ?? Buffer.alloc(0));
@@ -60,7 +59,7 @@ async function assertIdenticalCopies(name: string): Promise<Buffer> {
 async function serverCounters(): Promise<FileServerStatus['counters'][]> {
   return Promise.all(
     cluster.servers.map(async (s) => {
-      const conn = await connect(s.url);
+      const conn = await cluster.connect(s.url);
       try {
         return ((await conn.call('status', {})).result as FileServerStatus).counters;
       } finally {
@@ -136,7 +135,7 @@ test('a write with a stale or forged token changes nothing', async () => {
   const lock = await alice.lock('fence.txt');
   await alice.write('fence.txt', 'with the lock');
   await lock.release();
-  const conn = await connect(p.primary.url);
+  const conn = await cluster.connect(p.primary.url);
   const attempt = (token: number) =>
     conn
       .call('write', { name: 'fence.txt', epoch: p.epoch, token, mode: 'replace', size: 6, requestId: `forged-${token}-x` }, { body: Buffer.from('forged') })
@@ -160,7 +159,7 @@ test('a retried append whose first attempt landed is not applied twice', async (
   await alice.write('retry.txt', 'base\n');
   const p = await placement('retry.txt');
   const lock = await alice.lock('retry.txt');
-  const conn = await connect(p.primary.url);
+  const conn = await cluster.connect(p.primary.url);
   const args = { name: 'retry.txt', epoch: p.epoch, token: lock.token, mode: 'append', size: 5, requestId: 'append-once-1234' };
   const first = (await conn.call('write', args, { body: Buffer.from('once\n') })).result as { version: number };
   // the answer "was lost": the client sends the very same write again
@@ -207,7 +206,7 @@ test('a corrupted primary copy is detected, taken out of service, and repaired f
   raw[raw.length - 2] ^= 0x55;
   await writeFile(join(storeDir, file), raw);
   // A read from the primary itself finds the damage: it refuses, never serving the bad bytes.
-  const conn = await connect(primary.url);
+  const conn = await cluster.connect(primary.url);
   try {
     const refused = await conn.call('read', { name: 'corrupt-primary.txt' }).then(
       () => null,
@@ -331,8 +330,8 @@ test('file servers refuse bad input with typed errors and change nothing', async
   await alice.write('bad/input.txt', 'intact');
   const p = await placement('bad/input.txt');
   const lock = await alice.lock('bad/input.txt');
-  const primary = await connect(p.primary.url);
-  const replica = await connect(p.replicas[0]!.url);
+  const primary = await cluster.connect(p.primary.url);
+  const replica = await cluster.connect(p.replicas[0]!.url);
   const code = (promise: Promise<unknown>) => promise.then(() => 'ok', (e: DfsError) => e.code);
   const write = { name: 'bad/input.txt', epoch: p.epoch, token: lock.token, mode: 'replace', size: 4, requestId: 'bad-input-0001' };
   assert.is(await code(primary.call('read', { name: '../../etc/passwd' })), 'BAD_REQUEST');
@@ -343,8 +342,16 @@ test('file servers refuse bad input with typed errors and change nothing', async
   assert.is(await code(primary.call('write', { ...write, sha256: '0'.repeat(64) }, { body: Buffer.from('evil') })), 'CHECKSUM');
   assert.is(await code(replica.call('write', write, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
   const forged = { name: 'bad/input.txt', epoch: p.epoch, version: 99, baseVersion: 98, mode: 'replace', size: 4, from: p.replicas[1]!.id, placementEpoch: p.placementEpoch, mtime: 0 };
-  assert.is(await code(replica.call('rep.write', forged, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
-  assert.is(await code(replica.call('rep.write', { ...forged, from: p.primary.id }, { body: Buffer.from('evil') })), 'OUT_OF_ORDER');
+  // Replication needs a file server's certificate, one whose id is `from`, and that server the primary.
+  assert.is(await code(replica.call('rep.write', forged, { body: Buffer.from('evil') })), 'UNAUTHENTICATED');
+  const otherReplica = await cluster.connect(p.replicas[0]!.url, { as: p.replicas[1]!.id });
+  const asPrimary = await cluster.connect(p.replicas[0]!.url, { as: p.primary.id });
+  assert.is(await code(otherReplica.call('rep.write', forged, { body: Buffer.from('evil') })), 'NOT_PRIMARY');
+  assert.is(await code(otherReplica.call('rep.write', { ...forged, from: p.primary.id }, { body: Buffer.from('evil') })), 'FORBIDDEN');
+  assert.is(await code(otherReplica.call('rep.fence', { copies: [{ name: 'bad/input.txt', epoch: p.epoch, placementEpoch: p.placementEpoch + 1 }] })), 'FORBIDDEN');
+  assert.is(await code(asPrimary.call('rep.write', { ...forged, from: p.primary.id }, { body: Buffer.from('evil') })), 'OUT_OF_ORDER');
+  otherReplica.close();
+  asPrimary.close();
   await lock.release();
   primary.close();
   replica.close();

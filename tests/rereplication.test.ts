@@ -10,7 +10,6 @@ import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
 import { pickTarget } from '../servers/directory/rereplication.js';
 import { planRebalance } from '../servers/directory/rebalance.js';
-import { connect } from '../shared/rpc.js';
 import type { ReadResult, StatusResult } from '../shared/protocol.js';
 import { runCli } from './helpers/cli.js';
 import { Cluster } from './helpers/cluster.js';
@@ -23,7 +22,7 @@ let client: DfsClient;
 const FILES = Array.from({ length: 24 }, (_, i) => `rr/file-${i}.txt`);
 
 async function shaOn(url: string, name: string, epoch: number): Promise<string | null> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const res = await conn.call('fetch', { name, epoch });
     const content = res.stream ? await res.stream.collect(64 << 20) : (res.body ?? Buffer.alloc(0));
@@ -69,7 +68,7 @@ test.before(async () => {
     downAfterMs: 1500,
     directoryArgs: ['--failover-after-ms', '1500', '--replace-after-ms', String(REPLACE_MS)],
   });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'rr', retryBudgetMs: 30_000 });
+  client = await cluster.client({ clientName: 'rr', retryBudgetMs: 30_000 });
   for (const [i, name] of FILES.entries()) {
     await client.create(name);
     await client.write(name, `${name} v1 ${'x'.repeat(i * 100)}\n`);
@@ -95,10 +94,10 @@ test('a new copy goes to the least-loaded server without one; rebalancing moves 
 test('drain and remove a server: every file is back to 3 copies off it, byte-identical, with writes going on', async () => {
   const status = await cluster.status();
   const victim = status.servers.filter((s) => s.files > 0).sort((a, b) => b.primaries - a.primaries)[0]!.id;
-  const early = await runCli(['--directory', cluster.directoryUrl, 'server', 'remove', victim]);
+  const early = await runCli(['--directory', cluster.directoryUrl, 'server', 'remove', victim], { env: cluster.clientEnv });
   assert.is(early.code, 1, 'a server that holds copies cannot be removed');
   assert.match(early.stderr, /drain it first/);
-  const drained = await runCli(['--directory', cluster.directoryUrl, 'server', 'drain', victim]);
+  const drained = await runCli(['--directory', cluster.directoryUrl, 'server', 'drain', victim], { env: cluster.clientEnv });
   assert.is(drained.code, 0, drained.stderr);
   assert.match(drained.stdout.toString(), new RegExp(`draining ${victim}`));
   // Writes go on while its copies move.
@@ -110,7 +109,7 @@ test('drain and remove a server: every file is back to 3 copies off it, byte-ide
   await client.create(newFile);
   assert.ok(!(await cluster.placement(newFile)).copies.some((c) => c.id === victim), 'a drained server takes no new files');
   await client.delete(newFile);
-  const removed = await runCli(['--directory', cluster.directoryUrl, 'server', 'remove', victim]);
+  const removed = await runCli(['--directory', cluster.directoryUrl, 'server', 'remove', victim], { env: cluster.clientEnv });
   assert.is(removed.code, 0, removed.stderr);
   const after: StatusResult = await cluster.status();
   assert.ok(!after.servers.some((s) => s.id === victim), `${victim} is gone from status`);
@@ -134,14 +133,14 @@ test('a server killed for good: after the replace time, every file has 3 copies 
   assert.is(status.underReplicated, 0);
   assert.ok(status.lastFailover?.server === victim || (await cluster.status()).servers.find((s) => s.id === victim)?.primaries === 0);
   for (const name of FILES.slice(8, 16)) assert.match((await client.read(name)).content.toString(), /while it was down\n$/);
-  const text = await runCli(['--directory', cluster.directoryUrl, 'status']);
+  const text = await runCli(['--directory', cluster.directoryUrl, 'status'], { env: cluster.clientEnv });
   assert.match(text.stdout.toString(), /re-replication: \d+ cop(y|ies) being made, \d+ made; last round: /);
 });
 
 test('dfs rebalance spreads primaries over the live servers', async () => {
   const before = await cluster.status();
   const up = before.servers.filter((s) => s.state === 'up' && s.sync === 'in-sync');
-  const result = await runCli(['--directory', cluster.directoryUrl, 'rebalance'], { timeoutMs: 60_000 });
+  const result = await runCli(['--directory', cluster.directoryUrl, 'rebalance'], { timeoutMs: 60_000, env: cluster.clientEnv });
   assert.is(result.code, 0, result.stderr);
   assert.match(result.stdout.toString(), /moved \d+ primar/);
   const after = await cluster.status();

@@ -4,6 +4,7 @@
  * by its own id; a stream sender that ignores credit is disconnected; a server bounds its
  * connections and drops unfinished handshakes.
  */
+import { INSECURE } from '../shared/tls/transport.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -26,7 +27,7 @@ const conns: RpcConnection[] = [];
 let hashed = 0;
 
 async function client(): Promise<RpcConnection> {
-  const conn = await connect(url, { callTimeoutMs: 60_000 });
+  const conn = await connect(url, { transport: INSECURE, callTimeoutMs: 60_000 });
   conns.push(conn);
   return conn;
 }
@@ -48,6 +49,7 @@ async function rawPeer(): Promise<{ ws: WebSocket; replies: Array<{ t: string; i
 
 test.before(async () => {
   server = new RpcServer({
+    transport: INSECURE,
     host: '127.0.0.1',
     port: 0,
     log,
@@ -126,7 +128,7 @@ test('an oversize answer from a peer fails the caller at once', async () => {
     }),
   );
   const address = rogue.address() as { port: number };
-  const conn = await connect(`ws://127.0.0.1:${address.port}`, { callTimeoutMs: 60_000 });
+  const conn = await connect(`ws://127.0.0.1:${address.port}`, { transport: INSECURE, callTimeoutMs: 60_000 });
   const err = await failure(conn.call('anything', {}));
   assert.is(err.code, 'TOO_LARGE');
   assert.match(err.message, /answer to anything was refused/);
@@ -181,7 +183,7 @@ test('a server keeps to its connection cap and drops unfinished handshakes', asy
     sockets.push(socket);
   }
   // An ordinary client still gets in: the oldest unfinished handshakes are evicted, the rest time out.
-  const conn = await waitFor(() => connect(url, { connectTimeoutMs: 2000 }).catch(() => null), { what: 'a real client to connect', timeoutMs: 10_000 });
+  const conn = await waitFor(() => connect(url, { transport: INSECURE, connectTimeoutMs: 2000 }).catch(() => null), { what: 'a real client to connect', timeoutMs: 10_000 });
   conns.push(conn);
   assert.equal((await conn.call('echo', { text: 'in' })).result, { text: 'in' });
   await waitFor(() => closedSockets.size === sockets.length, { what: 'every half-open socket to be dropped', timeoutMs: 10_000 });

@@ -1,3 +1,4 @@
+import { INSECURE } from '../shared/tls/transport.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
@@ -24,6 +25,7 @@ async function* chunksOf(total: number, size: number, seed: Buffer): AsyncIterab
 
 test.before(async () => {
   server = new RpcServer({
+    transport: INSECURE,
     host: '127.0.0.1',
     port: 0,
     maxMessageBytes: 1 << 20,
@@ -63,7 +65,7 @@ test.after(async () => {
 });
 
 test('request and response, with a binary body of every byte value', async () => {
-  const conn = await connect(url);
+  const conn = await connect(url, { transport: INSECURE });
   const body = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
   const res = await conn.call('echo', { text: 'hi' }, { body });
   assert.equal(res.result, { text: 'hi', bodyBytes: 256 });
@@ -72,7 +74,7 @@ test('request and response, with a binary body of every byte value', async () =>
 });
 
 test('typed errors: unknown op, bad arguments, handler errors', async () => {
-  const conn = await connect(url);
+  const conn = await connect(url, { transport: INSECURE });
   const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: DfsError) => e.code);
   assert.is(await codeOf(conn.call('nope', {})), 'BAD_REQUEST');
   assert.is(await codeOf(conn.call('echo', { text: 5 })), 'BAD_REQUEST');
@@ -106,8 +108,8 @@ test('malformed frames get BAD_REQUEST and the connection keeps serving', async 
 });
 
 test('an oversize message is refused before it is sent, with TOO_LARGE, and nothing else changes', async () => {
-  const big = await connect(url, { maxMessageBytes: 4 << 20 });
-  const other = await connect(url);
+  const big = await connect(url, { transport: INSECURE, maxMessageBytes: 4 << 20 });
+  const other = await connect(url, { transport: INSECURE });
   const err = await big.call('echo', { text: 'x' }, { body: Buffer.alloc(2 << 20) }).catch((e: DfsError) => e);
   assert.instance(err, DfsError);
   assert.is((err as DfsError).code, 'TOO_LARGE');
@@ -116,7 +118,7 @@ test('an oversize message is refused before it is sent, with TOO_LARGE, and noth
 });
 
 test('streams flow both ways with bounded windows', async () => {
-  const conn: RpcConnection = await connect(url, { chunkBytes: 64 * 1024, windowBytes: 256 * 1024 });
+  const conn: RpcConnection = await connect(url, { transport: INSECURE, chunkBytes: 64 * 1024, windowBytes: 256 * 1024 });
   const total = 5_000_003;
   const seed = randomBytes(997);
   const expected = createHash('sha256');
@@ -134,7 +136,7 @@ test('streams flow both ways with bounded windows', async () => {
 
 test('events reach the caller; cancel aborts the handler; close hooks run', async () => {
   const before = closedSessions;
-  const conn = await connect(url);
+  const conn = await connect(url, { transport: INSECURE });
   const controller = new AbortController();
   const events: unknown[] = [];
   const call = conn.call('wait', {}, { signal: controller.signal, onEvent: (ev, data) => events.push([ev, data]) });
@@ -148,11 +150,11 @@ test('events reach the caller; cancel aborts the handler; close hooks run', asyn
 });
 
 test('calls fail with CLOSED when the peer goes away, UNAVAILABLE when nobody listens', async () => {
-  const conn = await connect(url);
+  const conn = await connect(url, { transport: INSECURE });
   const pending = conn.call('wait', {});
   conn.terminate();
   assert.is(((await pending.catch((e) => e)) as DfsError).code, 'CLOSED');
-  const refused = await connect('ws://127.0.0.1:1').catch((e: DfsError) => e);
+  const refused = await connect('ws://127.0.0.1:1', { transport: INSECURE }).catch((e: DfsError) => e);
   assert.is((refused as DfsError).code, 'UNAVAILABLE');
 });
 

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfsClient } from '../client/dfs-client.js';
-import { connect, type RpcConnection } from '../shared/rpc.js';
+import type { RpcConnection } from '../shared/rpc.js';
 import type { PlacementResult, ReadResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
@@ -26,7 +26,7 @@ async function placement(name: string): Promise<PlacementResult> {
 }
 
 async function raw(url: string): Promise<RpcConnection> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url);
   conns.push(conn);
   return conn;
 }
@@ -58,8 +58,8 @@ function percentile(sorted: number[], p: number): number {
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: 1500, fileServerArgs: ['--stall-timeout-ms', '1000', '--replica-timeout-ms', '500'] });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'staller', retryBudgetMs: 20_000 });
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'reader', cacheBytes: 0 });
+  client = await cluster.client({ clientName: 'staller', retryBudgetMs: 20_000 });
+  reader = await cluster.client({ clientName: 'reader', cacheBytes: 0 });
 });
 
 test.after(async () => {
@@ -129,8 +129,9 @@ test('a frozen replica is dropped from writes and marked behind; writes go on; i
   await cluster.waitInSync(20_000);
   await waitFor(
     async () => {
-      const conn = await raw(frozen.url);
+      const conn = await cluster.connect(frozen.url, { as: 'fs-1' });
       const res = await conn.call('fetch', { name, epoch: p.epoch }).catch(() => null);
+      conn.close();
       const content = res?.body?.toString() ?? '';
       return res !== null && (res.result as ReadResult).version === 41 && content === expected;
     },

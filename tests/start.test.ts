@@ -46,9 +46,9 @@ test('starts every service, serves clients, restarts a killed one, and stops cle
   const start = startNode('start', 'start.js', ['--data', data, '--lock-port', String(lockPort), '--directory-port', String(directoryPort), '--file-ports', filePorts.join(','), '--restart']);
   try {
     await start.waitForLine(/ready/, 30_000);
-    const directory = `ws://127.0.0.1:${directoryPort}`;
+    const directory = `wss://127.0.0.1:${directoryPort}`;
     for (const [service, port] of [['lock', lockPort], ['directory', directoryPort], ['fs-1', filePorts[0]], ['fs-2', filePorts[1]], ['fs-3', filePorts[2]]] as const) {
-      await start.waitForLine(new RegExp(`^${service}\\s+ws://127\\.0\\.0\\.1:${port}\\s+\\d+\\s+${data}`));
+      await start.waitForLine(new RegExp(`^${service}\\s+wss://127\\.0\\.0\\.1:${port}\\s+\\d+\\s+${data}`));
     }
     // Service log lines come prefixed with the service's name.
     await start.waitForLine(/^fs-2\s+\| .* fs-2 info listening url=/);
@@ -59,10 +59,10 @@ test('starts every service, serves clients, restarts a killed one, and stops cle
     assert.is((await cli(['cat', 'round-trip.txt'])).stdout.toString(), 'there and back\n');
 
     // A file server killed outright is reported at once and, under --restart, started again.
-    const fs2 = Number((await start.waitForLine(/^fs-2\s+ws:\S+\s+(\d+)/))[1]);
+    const fs2 = Number((await start.waitForLine(/^fs-2\s+wss:\S+\s+(\d+)/))[1]);
     process.kill(fs2, 'SIGKILL');
     await start.waitForLine(/fs-2 exited unexpectedly \(killed by SIGKILL\); restarting it in/);
-    await start.waitForLine(/fs-2 is back at ws:\/\/127\.0\.0\.1:/, 20_000);
+    await start.waitForLine(/fs-2 is back at wss:\/\/127\.0\.0\.1:/, 20_000);
     assert.is((await cli(['cat', 'round-trip.txt'])).stdout.toString(), 'there and back\n');
 
     const children = childrenOf(start.pid);

@@ -12,6 +12,7 @@ import { parse } from 'csv-parse/sync';
 import { connect, type RpcConnection } from '../shared/rpc.js';
 import type { ListResult, Placement, PlacementResult, RegisterResult, StatusResult } from '../shared/protocol.js';
 import { EPOCH_FILE, JOURNAL_FILE, JOURNAL_HEADER, REJECTED_FILE, SNAPSHOT_FILE, SNAPSHOT_HEADER } from '../servers/directory/table-format.js';
+import { sharedPki } from './helpers/tls.js';
 import { freePort, removeDir, startNode, stopAll, tempDir, type ServiceProcess } from './helpers/process.js';
 
 const test = suite('table-migration');
@@ -21,10 +22,10 @@ const conns: RpcConnection[] = [];
 
 async function startDirectory(dataDir: string): Promise<{ proc: ServiceProcess; conn: RpcConnection; url: string }> {
   const proc = startNode('directory', 'servers/directory/main.js', [
-    '--port', String(await freePort()), '--data', dataDir, '--lock', 'ws://127.0.0.1:4999', '--down-after-ms', '60000',
+    ...(await sharedPki()).flags('directory'), '--port', String(await freePort()), '--data', dataDir, '--lock', 'wss://127.0.0.1:4999', '--down-after-ms', '60000',
   ]);
-  const url = (await proc.waitForLine(/listening url=(ws:\/\/\S+)/))[1]!;
-  const conn = await connect(url);
+  const url = (await proc.waitForLine(/listening url=(wss:\/\/\S+)/))[1]!;
+  const conn = await connect(url, { transport: (await sharedPki()).client });
   conns.push(conn);
   return { proc, conn, url };
 }
@@ -93,9 +94,11 @@ test('the previous version’s table with collapsed U+FFFD rows: starts, serves,
   assert.ok(kept.every((r) => !Number.isNaN(Date.parse(r.rejected_at!))));
 
   // A new file gets an epoch above every epoch the old table held: a file server comes up for it.
-  const fake = await connect(url);
+  const pki = await sharedPki();
+  await pki.add({ role: 'file-server', id: 'fs1' });
+  const fake = await connect(url, { transport: await pki.as('fs1') });
   conns.push(fake);
-  const registered = await call<RegisterResult>(fake, 'register', { id: 'fs1', url: 'ws://127.0.0.1:12001' });
+  const registered = await call<RegisterResult>(fake, 'register', { id: 'fs1', url: 'wss://127.0.0.1:12001' });
   await call(fake, 'synced', { id: 'fs1', upTo: registered.markSeq, boot: registered.boot });
   assert.is((await call<Placement>(conn, 'create', { name: 'c.txt' })).epoch, 5);
 

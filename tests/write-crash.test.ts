@@ -9,7 +9,6 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../client/dfs-client.js';
 import { CRASH_POINTS, type CrashPoint } from '../shared/crash-points.js';
-import { connect } from '../shared/rpc.js';
 import type { PlacementResult, ReadResult, WriteResult } from '../shared/protocol.js';
 import { Cluster } from './helpers/cluster.js';
 import { waitFor } from './helpers/wait.js';
@@ -25,7 +24,7 @@ async function placement(name: string): Promise<PlacementResult> {
 }
 
 async function versionOn(url: string, name: string, epoch: number): Promise<{ version: number; content: string }> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const res = await conn.call('fetch', { name, epoch });
     const content = res.stream ? await res.stream.collect(1 << 20) : (res.body ?? Buffer.alloc(0));
@@ -38,8 +37,8 @@ async function versionOn(url: string, name: string, epoch: number): Promise<{ ve
 test.before(async () => {
   // Failover is kept out of these runs: they test the crash protocol of one primary that comes back.
   cluster = await Cluster.start({ fileServers: 3, replication: 3, downAfterMs: 1500, directoryArgs: ['--failover-after-ms', '600000'] });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'crasher', retryBudgetMs: 40_000 });
-  reader = await DfsClient.connect(cluster.directoryUrl, { clientName: 'reader', cacheBytes: 0 });
+  client = await cluster.client({ clientName: 'crasher', retryBudgetMs: 40_000 });
+  reader = await cluster.client({ clientName: 'reader', cacheBytes: 0 });
 });
 
 test.after(async () => {

@@ -5,13 +5,14 @@ import { COMMON_USAGE, UsageError, parsePositiveInt, parseServiceArgs } from '..
 import { createLogger } from '../../shared/log.js';
 import { wsUrl } from '../../shared/protocol.js';
 import { runService } from '../../shared/service.js';
+import { checkScheme, serviceTransport } from '../../shared/tls/transport.js';
 import { DEFAULT_DOWN_AFTER_MS, DEFAULT_REPLICATION } from './cluster.js';
 import { DEFAULT_REPLACE_AFTER_MS } from './rereplication.js';
 import { startDirectory } from './service.js';
 
 const DEFAULT_PORT = 9090;
 const DEFAULT_DATA = 'data/directory';
-const DEFAULT_LOCK_URL = 'ws://127.0.0.1:4040';
+const DEFAULT_LOCK_URL = 'wss://127.0.0.1:4040';
 
 const USAGE = `usage: node dist/servers/directory/main.js [flags]
 
@@ -21,7 +22,7 @@ servers are up.
 
 flags (here --port defaults to ${DEFAULT_PORT} and --data to ${DEFAULT_DATA}):
 ${COMMON_USAGE}
-  --lock URL           the lock service's ws:// URL, handed to clients
+  --lock URL           the lock service's wss:// URL, handed to clients
                        (default $DFS_LOCK_URL, else ${DEFAULT_LOCK_URL})
   --replication N      copies of each new file, primary included (default ${DEFAULT_REPLICATION})
   --down-after-ms N    a file server silent this long is marked down (default ${DEFAULT_DOWN_AFTER_MS})
@@ -47,8 +48,10 @@ const args = parseServiceArgs(process.argv.slice(2), {
 
 function settings(): { lockUrl: string; replication: number; downAfterMs: number; failoverAfterMs: number; replaceAfterMs: number } {
   const { values } = args;
-  const lockUrl = typeof values.lock === 'string' ? values.lock : (process.env.DFS_LOCK_URL ?? DEFAULT_LOCK_URL);
-  if (!wsUrl.safeParse(lockUrl).success) throw new UsageError(`--lock must be a ws://host:port URL, not ${JSON.stringify(lockUrl)}`);
+  const fallback = args.transport.insecure ? DEFAULT_LOCK_URL.replace('wss:', 'ws:') : DEFAULT_LOCK_URL;
+  const lockUrl = typeof values.lock === 'string' ? values.lock : (process.env.DFS_LOCK_URL ?? fallback);
+  if (!wsUrl.safeParse(lockUrl).success) throw new UsageError(`--lock must be a wss://host:port URL, not ${JSON.stringify(lockUrl)}`);
+  checkScheme(lockUrl, { kind: args.transport.insecure ? 'insecure' : 'tls' });
   const replication = typeof values.replication === 'string' ? parsePositiveInt(values.replication, '--replication', 16) : DEFAULT_REPLICATION;
   const downAfterMs = typeof values['down-after-ms'] === 'string' ? parsePositiveInt(values['down-after-ms'], '--down-after-ms', 3_600_000) : DEFAULT_DOWN_AFTER_MS;
   const failoverAfterMs = typeof values['failover-after-ms'] === 'string' ? parsePositiveInt(values['failover-after-ms'], '--failover-after-ms', 86_400_000) : downAfterMs;
@@ -66,8 +69,9 @@ try {
 
 const log = createLogger('directory', args.logLevel);
 
-await runService(log, () =>
+await runService(log, async () =>
   startDirectory({
+    transport: await serviceTransport(args.transport, { role: 'directory', id: 'directory' }),
     host: args.host,
     port: args.port,
     dataDir: args.data,

@@ -19,6 +19,7 @@
 import { toDfsError } from '../../shared/errors.js';
 import type { Logger } from '../../shared/log.js';
 import { PAGE_BYTES, byteBatches, jsonBytes } from '../../shared/pages.js';
+import type { Transport } from '../../shared/tls/transport.js';
 import { ConnectionPool } from '../../shared/pool.js';
 import type { HoldingEntry, ServerRef, VersionsResult } from '../../shared/protocol.js';
 import type { Cluster } from './cluster.js';
@@ -83,8 +84,9 @@ export class PlacementChanges {
     /** Forgets the marks of copies that left their file. */
     private readonly forgetMarks: (copies: readonly MarkedCopy[]) => void,
     private readonly log: Logger,
+    transport: Transport,
   ) {
-    this.peers = new ConnectionPool({ retryAfterMs: 500, connectTimeoutMs: 2000, log });
+    this.peers = new ConnectionPool({ transport, retryAfterMs: 500, connectTimeoutMs: 2000, log });
   }
 
   /** Whether a change is running or waiting. */
@@ -230,7 +232,7 @@ export class PlacementChanges {
     const url = this.refOf(id).url;
     for (const batch of byteBatches(files, ([name]) => jsonBytes(name) + FENCE_ENTRY_OVERHEAD, PAGE_BYTES, 10_000)) {
       try {
-        const conn = await this.peers.get(url);
+        const conn = await this.peers.get(url, { role: 'file-server', id });
         const copies = batch.map(([name, e]) => ({ name, epoch: e.epoch, placementEpoch: e.placementEpoch + 1 }));
         yield { batch, result: (await conn.call('rep.fence', { copies }, { timeoutMs: PEER_CALL_TIMEOUT_MS })).result as VersionsResult };
       } catch (err) {
@@ -265,7 +267,7 @@ export class PlacementChanges {
         for (const batch of byteBatches(held, (file) => jsonBytes(entryOf(file)), PAGE_BYTES - 4096, 10_000)) {
           for (const [, e] of batch) for (const sid of [e.primary, ...e.replicas]) servers[sid] ??= this.refOf(sid).url;
           try {
-            const conn = await this.peers.get(url);
+            const conn = await this.peers.get(url, { role: 'file-server', id });
             await conn.call('rep.placement', { copies: batch.map(entryOf), servers, markSeq: this.cluster.currentMarkSeq, boot: this.cluster.boot }, { timeoutMs: PEER_CALL_TIMEOUT_MS });
           } catch (err) {
             this.log.info('a server missed a placement change; it learns it from its next request', { server: id, files: batch.length, error: toDfsError(err).message });

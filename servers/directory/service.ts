@@ -27,6 +27,8 @@ import {
   type StatusResult,
   type SyncedResult,
 } from '../../shared/protocol.js';
+import { requireService } from '../../shared/auth/peers.js';
+import type { Transport } from '../../shared/tls/transport.js';
 import { RpcServer, op, type Handlers } from '../../shared/rpc.js';
 import type { RunningService } from '../../shared/service.js';
 import { Cluster, compareIds } from './cluster.js';
@@ -41,6 +43,8 @@ import { FileTable, type FileEntry } from './file-table.js';
 export const DEFAULT_LIST_LIMIT = 1000;
 
 export interface DirectoryOptions {
+  /** TLS with the directory's certificate (the default), or --insecure. */
+  transport: Transport;
   host: string;
   port: number;
   /** Folder of the file table. */
@@ -96,11 +100,12 @@ export async function startDirectory(options: DirectoryOptions): Promise<Directo
     await markStore.mark(copies);
   };
   const forgetMarks = (copies: readonly MarkedCopy[]): void => markStore.clear(copies.filter((c) => cluster.clearMark(c.server, c.name)));
-  const changes = new PlacementChanges(table, cluster, refOf, markBehind, forgetMarks, log);
+  const changes = new PlacementChanges(table, cluster, refOf, markBehind, forgetMarks, log, options.transport);
   const failover = new Failover(table, cluster, changes, { failoverAfterMs: options.failoverAfterMs ?? options.downAfterMs, log });
   const rereplication = new Rereplication(table, cluster, changes, draining, { replaceAfterMs: options.replaceAfterMs ?? DEFAULT_REPLACE_AFTER_MS, log });
   const services = { failover, rereplication, changes, draining, markStore, markBehind };
   const server = new RpcServer({
+    transport: options.transport,
     host: options.host,
     port: options.port,
     log,
@@ -273,6 +278,7 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
     }),
 
     register: op(directoryOps.register, async ({ id, url, fresh }, ctx): Promise<RegisterResult> => {
+      requireService(ctx.conn, 'register', 'file-server', id);
       if (fresh) {
         // Its data folder is new (or was lost): none of its replica copies holds anything yet.
         // Marked before the registration's mark sequence is taken, so that the full catch-up
@@ -301,13 +307,15 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { heartbeatMs: cluster.heartbeatMs, markSeq: registration.markSeq, boot: cluster.boot };
     }),
 
-    heartbeat: op(directoryOps.heartbeat, ({ id }): HeartbeatResult => {
+    heartbeat: op(directoryOps.heartbeat, ({ id }, ctx): HeartbeatResult => {
+      requireService(ctx.conn, 'heartbeat', 'file-server', id);
       // A server silent past the limit is marked down (and logged) before its heartbeat is refused.
       sweep(cluster, log);
       return cluster.heartbeat(id);
     }),
 
-    holdings: op(directoryOps.holdings, ({ id, after, limit }): HoldingsResult => {
+    holdings: op(directoryOps.holdings, ({ id, after, limit }, ctx): HoldingsResult => {
+      requireService(ctx.conn, 'holdings', 'file-server', id);
       // Each copy names its servers by id; their URLs go once per page, in `servers`.
       const copyOf = (name: string) => {
         const entry = table.get(name)!;
@@ -337,7 +345,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { copies: copies.map(({ name }) => copyOf(name)), servers, more };
     }),
 
-    synced: op(directoryOps.synced, ({ id, upTo, boot }): SyncedResult => {
+    synced: op(directoryOps.synced, ({ id, upTo, boot }, ctx): SyncedResult => {
+      requireService(ctx.conn, 'synced', 'file-server', id);
       sweep(cluster, log);
       const done = cluster.synced(id, upTo, boot).cleared;
       cleared(id, done);
@@ -345,7 +354,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    caughtUp: op(directoryOps.caughtUp, ({ id, upTo, boot, names }): SyncedResult => {
+    caughtUp: op(directoryOps.caughtUp, ({ id, upTo, boot, names }, ctx): SyncedResult => {
+      requireService(ctx.conn, 'caughtUp', 'file-server', id);
       sweep(cluster, log);
       const done = cluster.caughtUp(id, upTo, names, boot).cleared;
       cleared(id, done);
@@ -353,7 +363,8 @@ export function directoryHandlers(table: FileTable, cluster: Cluster, options: D
       return { markSeq: cluster.currentMarkSeq, behind: cluster.behindCount(id) };
     }),
 
-    behind: op(directoryOps.behind, async ({ id, by, names, keep }): Promise<BehindResult> => {
+    behind: op(directoryOps.behind, async ({ id, by, names, keep }, ctx): Promise<BehindResult> => {
+      requireService(ctx.conn, 'behind', 'file-server', by);
       let marked = 0;
       let ignored = 0;
       let refused = 0;

@@ -207,7 +207,7 @@ export class CatchUp {
         }
         let conn: RpcConnection;
         try {
-          conn = await this.server.peers.get(url);
+          conn = await this.server.peers.get(url, { role: 'file-server', id: group[0]!.primary.id });
           this.unreachableUntil.delete(url);
         } catch {
           this.unreachableUntil.set(url, Date.now() + UNREACHABLE_BACKOFF_MS);
@@ -285,7 +285,7 @@ export class CatchUp {
         const replicaId = group[0]!.replica.id;
         let conn: RpcConnection | null = null;
         try {
-          conn = await this.server.peers.get(url);
+          conn = await this.server.peers.get(url, { role: 'file-server', id: replicaId });
         } catch {
           unreachable.add(replicaId);
         }

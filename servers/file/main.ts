@@ -4,6 +4,7 @@ import { COMMON_USAGE, parsePositiveInt, parseServiceArgs } from '../../shared/a
 import { createLogger } from '../../shared/log.js';
 import { serverId } from '../../shared/protocol.js';
 import { runService } from '../../shared/service.js';
+import { checkScheme, serviceTransport } from '../../shared/tls/transport.js';
 import { DEFAULT_COPY_RATE_BYTES_PER_SEC, DEFAULT_REPLICA_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS, FileServer } from './service.js';
 
 const usage = `usage: npm run file-server -- [options]
@@ -11,8 +12,8 @@ const usage = `usage: npm run file-server -- [options]
 A file server: stores files durably, as primary for some and replica for others.
 
   --id ID              this server's id, unique in the cluster (default fs-<port>)
-  --directory URL      the directory service (default $DFS_DIRECTORY or ws://127.0.0.1:9090)
-  --advertise URL      the URL others use to reach this server (default ws://host:port)
+  --directory URL      the directory service (default $DFS_DIRECTORY or wss://127.0.0.1:9090)
+  --advertise URL      the URL others use to reach this server (default wss://host:port)
   --max-file-bytes N   largest file accepted (default 8 GiB)
   --stall-timeout-ms N abort a write whose stream delivers nothing for N ms (default ${DEFAULT_STALL_TIMEOUT_MS})
   --replica-timeout-ms N
@@ -60,11 +61,21 @@ try {
   process.stderr.write(`error: ${(err as Error).message}\n`);
   process.exit(2);
 }
+try {
+  for (const url of [directoryUrlFlag(), args.values.advertise]) if (typeof url === 'string') checkScheme(url, { kind: args.transport.insecure ? 'insecure' : 'tls' });
+} catch (err) {
+  process.stderr.write(`error: ${(err as Error).message}\n`);
+  process.exit(2);
+}
+function directoryUrlFlag(): string | undefined {
+  return typeof args.values.directory === 'string' ? args.values.directory : process.env.DFS_DIRECTORY;
+}
 const log = createLogger(id, args.logLevel);
-const directoryUrl = typeof args.values.directory === 'string' ? args.values.directory : (process.env.DFS_DIRECTORY ?? 'ws://127.0.0.1:9090');
+const directoryUrl = typeof args.values.directory === 'string' ? args.values.directory : (process.env.DFS_DIRECTORY ?? `${args.transport.insecure ? 'ws' : 'wss'}://127.0.0.1:9090`);
 
-await runService(log, () =>
+await runService(log, async () =>
   FileServer.start({
+    transport: await serviceTransport(args.transport, { role: 'file-server', id }),
     id,
     host: args.host,
     port: args.port,

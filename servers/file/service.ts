@@ -28,6 +28,8 @@ import {
   type HeartbeatResult,
   type VersionsResult,
 } from '../../shared/protocol.js';
+import type { Transport } from '../../shared/tls/transport.js';
+import { requireService } from '../../shared/auth/peers.js';
 import { RpcServer, Reply, op, type CallContext, type RpcConnection } from '../../shared/rpc.js';
 import { Holdings } from './holdings.js';
 import { KeyedMutex } from './keyed-mutex.js';
@@ -41,6 +43,8 @@ import { callReplica, type Replicator } from './replication.js';
 
 export interface FileServerOptions {
   id: string;
+  /** TLS with this server's certificate (the default), or --insecure. */
+  transport: Transport;
   host: string;
   port: number;
   /** URL peers and clients use to reach this server (default ws://host:port). */
@@ -112,16 +116,16 @@ export class FileServer {
   ) {
     this.store = store;
     this.holdings = new Holdings(options.id, () => this.directory());
-    this.peers = new ConnectionPool({ retryAfterMs: 1000, connectTimeoutMs: 2000, log: options.log });
+    this.peers = new ConnectionPool({ transport: options.transport, expect: { role: 'file-server' }, retryAfterMs: 1000, connectTimeoutMs: 2000, log: options.log });
     this.health = new PeerHealth(this.peers, options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS, options.log);
     this.replicator = { peers: this.peers, health: this.health, log: options.log };
     this.writes = new PrimaryWrites(this, options.log);
     const rate = options.copyRateBytesPerSec ?? DEFAULT_COPY_RATE_BYTES_PER_SEC;
     this.copyRate = rate > 0 ? new TokenBucket({ bucketSize: Math.max(rate, 1 << 20), tokensPerInterval: rate, interval: 'second' }) : null;
     this.replicas = new ReplicaCopies(this, options.log);
-    this.directoryPool = new ConnectionPool({ log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
+    this.directoryPool = new ConnectionPool({ transport: options.transport, log: options.log, onConnect: (conn) => this.onDirectoryConnected(conn) });
     this.catchUp = new CatchUp(this, options.log);
-    this.rpc = new RpcServer({ host: options.host, port: options.port, log: options.log, ...options.connections, handlers: this.handlers() });
+    this.rpc = new RpcServer({ transport: options.transport, host: options.host, port: options.port, log: options.log, ...options.connections, handlers: this.handlers() });
   }
 
   static async start(options: FileServerOptions): Promise<FileServer> {
@@ -159,7 +163,7 @@ export class FileServer {
 
   /** The connection to the directory, opened (and re-opened) on demand. */
   directory(): Promise<RpcConnection> {
-    return this.directoryPool.get(this.options.directoryUrl);
+    return this.directoryPool.get(this.options.directoryUrl, { role: 'directory' });
   }
 
   /** Learns the lock service's address; losing the directory means joining it again. */
@@ -292,7 +296,7 @@ export class FileServer {
   async lockService(): Promise<RpcConnection> {
     if (!this.lockUrl) await this.directory();
     if (!this.lockUrl) throw new DfsError('UNAVAILABLE', 'the lock service address is not known yet');
-    return this.peers.get(this.lockUrl);
+    return this.peers.get(this.lockUrl, { role: 'lock' });
   }
 
   // ------------------------------------------------------------ handlers
@@ -314,12 +318,29 @@ export class FileServer {
         catchingUp: this.suspect.size,
         counters: { ...this.counters },
       })),
-      'rep.write': op(fileOps['rep.write'], (args, ctx) => this.replicas.write(args, ctx)),
-      'rep.commit': op(fileOps['rep.commit'], (args) => this.replicas.commit(args)),
-      'rep.delete': op(fileOps['rep.delete'], (args) => this.replicas.remove(args)),
-      'rep.fence': op(fileOps['rep.fence'], (args) => this.replicas.fence(args)),
-      'rep.placement': op(fileOps['rep.placement'], (args) => this.adoptPlacements(args)),
-      versions: op(fileOps.versions, (args): VersionsResult => {
+      // Replication comes from a file server that is what `from` says: its certificate proves it.
+      'rep.write': op(fileOps['rep.write'], (args, ctx) => {
+        requireService(ctx.conn, 'rep.write', 'file-server', args.from);
+        return this.replicas.write(args, ctx);
+      }),
+      'rep.commit': op(fileOps['rep.commit'], (args, ctx) => {
+        requireService(ctx.conn, 'rep.commit', 'file-server', args.from);
+        return this.replicas.commit(args);
+      }),
+      'rep.delete': op(fileOps['rep.delete'], (args, ctx) => {
+        requireService(ctx.conn, 'rep.delete', 'file-server', args.from);
+        return this.replicas.remove(args);
+      }),
+      'rep.fence': op(fileOps['rep.fence'], (args, ctx) => {
+        requireService(ctx.conn, 'rep.fence', 'directory');
+        return this.replicas.fence(args);
+      }),
+      'rep.placement': op(fileOps['rep.placement'], (args, ctx) => {
+        requireService(ctx.conn, 'rep.placement', 'directory');
+        return this.adoptPlacements(args);
+      }),
+      versions: op(fileOps.versions, (args, ctx): VersionsResult => {
+        requireService(ctx.conn, 'versions', 'file-server');
         const files: VersionsResult['files'] = [];
         for (const name of args.names) {
           const holding = this.holdings.get(name);
@@ -332,6 +353,7 @@ export class FileServer {
         return { files };
       }),
       fetch: op(fileOps.fetch, async (args, ctx) => {
+        requireService(ctx.conn, 'fetch', 'file-server');
         const known = this.holdings.get(args.name);
         const holding = await this.holdings.lookup(args.name, args.epoch, args.placementEpoch);
         if (known && holding.placementEpoch > known.placementEpoch) {

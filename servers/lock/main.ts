@@ -5,6 +5,7 @@
 import { COMMON_USAGE, parseServiceArgs } from '../../shared/args.js';
 import { createLogger } from '../../shared/log.js';
 import { runService } from '../../shared/service.js';
+import { serviceTransport } from '../../shared/tls/transport.js';
 import { DEFAULT_LIMITS } from './lock-table.js';
 import { DEFAULT_LEASE_MS, LockService, MAX_GRACE_MS, MAX_LEASE_MS, MIN_LEASE_MS } from './service.js';
 
@@ -54,8 +55,9 @@ const maxLocksPerSession = numberFlag('max-locks-per-session', DEFAULT_LIMITS.ma
 const maxWaitsPerSession = numberFlag('max-waits-per-session', DEFAULT_LIMITS.maxWaitsPerSession, 1, 100_000);
 const log = createLogger('lock', args.logLevel);
 
-await runService(log, () =>
+await runService(log, async () =>
   LockService.start({
+    transport: await serviceTransport(args.transport, { role: 'lock', id: 'lock' }),
     host: args.host,
     port: args.port,
     dataDir: args.data,

@@ -35,6 +35,8 @@ import type { SessionEntry } from './holder-state.js';
 import { HolderStore, type Restored } from './holder-store.js';
 import { DEFAULT_LIMITS, LockTable, NO_HOLDER, describeSession, ordinal, type Changes, type Waiter } from './lock-table.js';
 import { SessionRegistry, hashSecret, type Session } from './sessions.js';
+import { requireService } from '../../shared/auth/peers.js';
+import type { Transport } from '../../shared/tls/transport.js';
 
 export const DEFAULT_LEASE_MS = 3000;
 export const MIN_LEASE_MS = 100;
@@ -43,6 +45,8 @@ export const MAX_LEASE_MS = 5000;
 export const MAX_GRACE_MS = 60_000;
 
 export interface LockServiceOptions {
+  /** TLS with the lock service's certificate (the default), or --insecure. */
+  transport: Transport;
   host: string;
   port: number;
   /** Folder for `fencing.json`, `holders.json` and `holders.journal`. */
@@ -115,6 +119,7 @@ export class LockService implements RunningService {
     // Grants held up by a token reservation go out as soon as it is durable.
     fencing.onAvailable(() => this.apply(this.table.resume()));
     this.server = new RpcServer({
+      transport: options.transport,
       host: options.host,
       port: options.port,
       log: options.log,
@@ -127,7 +132,8 @@ export class LockService implements RunningService {
         reclaim: op(lockOps.reclaim, (args, ctx) => this.reclaim(args.session, args.secret, args.client, ctx.conn)),
         acquire: op(lockOps.acquire, (args, ctx) => this.acquire(args.name, args.timeoutMs, ctx)),
         release: op(lockOps.release, (args, ctx) => this.release(args.name, args.token, ctx.conn)),
-        validate: op(lockOps.validate, (args) => {
+        validate: op(lockOps.validate, (args, ctx) => {
+          requireService(ctx.conn, 'validate', 'file-server');
           if (this.table.validate(args.name, args.token)) return { valid: true };
           throw this.staleToken(args.name, args.token);
         }),

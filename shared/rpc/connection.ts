@@ -21,6 +21,7 @@
 import { randomBytes } from 'node:crypto';
 import { WebSocket, type RawData } from 'ws';
 import { DfsError, toDfsError, type WireError } from '../errors.js';
+import type { ServiceIdentity } from '../tls/identity.js';
 import { decodeFrame, encodeFrame, frameIdentity, messageBytes, type Frame } from '../frame.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { CallContext, Handlers } from './handler.js';
@@ -144,6 +145,11 @@ export class RpcConnection {
   label = '';
   /** Per-connection state a service hangs on the session. */
   readonly session = new Map<string, unknown>();
+  /**
+   * The cluster service at the other end, as its certificate from the cluster CA says (or, under
+   * --insecure, as it claims); null for a user's client. Set once, before any frame is read.
+   */
+  service: ServiceIdentity | null = null;
   readonly remote: string;
 
   private nextId = 0;

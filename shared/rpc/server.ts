@@ -8,17 +8,36 @@
  * nor lock ordinary clients out for longer than one handshake timeout.
  */
 import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { WebSocket, WebSocketServer } from 'ws';
 import { DfsError } from '../errors.js';
+import { describeIdentity, identityOfPeer, type ServiceIdentity, type ServiceRole } from '../tls/identity.js';
+import { SERVICE_CLAIM_HEADER, checkScheme, formatClaim, parseClaim, schemeOf, type Transport } from '../tls/transport.js';
 import type { Logger } from '../log.js';
 import { RpcConnection, type ConnectionOptions } from './connection.js';
 import { DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_MAX_MESSAGE_BYTES, LIMITS_HEADER, defaultMaxConnections, formatLimits, parseLimits } from './limits.js';
 
 export interface ConnectOptions extends ConnectionOptions {
+  /** TLS with the cluster CA (and this process's certificate, if a service), or plain ws://. */
+  transport: Transport;
   /** Time allowed to open the connection. */
   connectTimeoutMs?: number;
   maxMessageBytes?: number;
+}
+
+/** The service a connection must reach; anyone else at the URL is refused. */
+export interface Expected {
+  role: ServiceRole;
+  id?: string;
+}
+
+/** The identity a TLS socket's verified peer certificate names (null: none, or not from our CA). */
+function verifiedIdentity(socket: Socket): ServiceIdentity | null {
+  const tls = socket as TLSSocket;
+  if (typeof tls.getPeerCertificate !== 'function' || !tls.authorized) return null;
+  return identityOfPeer(tls.getPeerCertificate());
 }
 
 export function checkUrl(url: string): void {
@@ -31,37 +50,68 @@ export function checkUrl(url: string): void {
   if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') throw new DfsError('BAD_REQUEST', `${url} is not a ws:// or wss:// URL`);
 }
 
-/** Opens a connection; UNAVAILABLE when nobody answers at the URL. */
-export function connect(url: string, options: ConnectOptions = {}): Promise<RpcConnection> {
+/**
+ * Opens a connection; UNAVAILABLE when nobody answers at the URL, or when the service there is
+ * not the one `expected` (its certificate names another).
+ */
+export function connect(url: string, options: ConnectOptions, expected?: Expected): Promise<RpcConnection> {
   checkUrl(url);
+  const { transport } = options;
+  checkScheme(url, transport);
   const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
   const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { [LIMITS_HEADER]: formatLimits({ maxMessageBytes }) };
+    if (transport.kind === 'insecure' && transport.identity) headers[SERVICE_CLAIM_HEADER] = formatClaim(transport.identity);
+    const tls = transport.kind === 'tls' ? { ca: transport.ca, ...(transport.cert && transport.key ? { cert: transport.cert, key: transport.key } : {}) } : {};
     const ws = new WebSocket(url, {
       maxPayload: maxMessageBytes,
       handshakeTimeout: connectTimeoutMs,
       perMessageDeflate: false,
-      headers: { [LIMITS_HEADER]: formatLimits({ maxMessageBytes }) },
+      headers,
+      ...tls,
     });
     let peer = parseLimits(undefined);
+    let service: ServiceIdentity | null = null;
     const fail = (err: Error & { code?: string }) => {
       ws.removeAllListeners();
       ws.on('error', () => {});
       ws.terminate();
-      const why = err.code === 'ECONNREFUSED' ? 'connection refused' : err.message;
-      reject(new DfsError('UNAVAILABLE', `cannot reach ${url}: ${why}`));
+      reject(new DfsError('UNAVAILABLE', `cannot reach ${url}: ${connectProblem(err)}`));
     };
     ws.once('error', fail);
-    ws.once('upgrade', (res: IncomingMessage) => (peer = parseLimits(res.headers[LIMITS_HEADER])));
+    ws.once('upgrade', (res: IncomingMessage) => {
+      peer = parseLimits(res.headers[LIMITS_HEADER]);
+      service = transport.kind === 'tls' ? verifiedIdentity(res.socket) : parseClaim(res.headers[SERVICE_CLAIM_HEADER]);
+    });
     ws.once('unexpected-response', (_req, res: IncomingMessage) => fail(new Error(`unexpected HTTP ${res.statusCode}`)));
     ws.once('open', () => {
       ws.removeListener('error', fail);
-      resolve(new RpcConnection(ws, options, url, peer));
+      if (expected && (service?.role !== expected.role || (expected.id !== undefined && service.id !== expected.id))) {
+        fail(new Error(`the service there is ${describeIdentity(service)}, not ${expected.role}${expected.id !== undefined && expected.id !== expected.role ? ` ${expected.id}` : ''}`));
+        return;
+      }
+      const conn = new RpcConnection(ws, options, url, peer);
+      conn.service = service;
+      resolve(conn);
     });
   });
 }
 
+/** Why a connection could not be opened, in words (TLS failures say what to check). */
+function connectProblem(err: Error & { code?: string }): string {
+  if (err.code === 'ECONNREFUSED') return 'connection refused';
+  if (err.code === 'ECONNRESET' || err.code === 'EPROTO') return `${err.message} (is it a plain ws:// service, or one of another cluster?)`;
+  if (err.code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `its certificate does not name this host: ${err.message}`;
+  if (err.code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' || err.code === 'SELF_SIGNED_CERT_IN_CHAIN' || err.code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || err.code === 'CERT_SIGNATURE_FAILURE') {
+    return `its certificate was not issued by the cluster CA this client trusts (${err.code}); check --ca / DFS_CA`;
+  }
+  if (err.code === 'CERT_HAS_EXPIRED') return 'its certificate has expired';
+  return err.message;
+}
+
 export interface ServerOptions extends ConnectionOptions {
+  transport: Transport;
   host: string;
   port: number;
   maxMessageBytes?: number;
@@ -92,7 +142,7 @@ export class RpcServer {
   }
 
   get url(): string {
-    return `ws://${this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host}:${this.boundPort}`;
+    return `${schemeOf(this.options.transport)}://${this.options.host.includes(':') ? `[${this.options.host}]` : this.options.host}:${this.boundPort}`;
   }
 
   /** The connection cap in force. */
@@ -107,11 +157,21 @@ export class RpcServer {
     const maxPending = this.options.maxPendingHandshakes ?? Math.max(16, Math.floor(this.cap / 4));
     const maxMessageBytes = this.options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     const wss = new WebSocketServer({ noServer: true, maxPayload: maxMessageBytes, perMessageDeflate: false, clientTracking: false });
-    wss.on('headers', (headers) => headers.push(`${LIMITS_HEADER}: ${formatLimits({ maxMessageBytes })}`));
-    const http = createServer();
+    const { transport } = this.options;
+    wss.on('headers', (headers) => {
+      headers.push(`${LIMITS_HEADER}: ${formatLimits({ maxMessageBytes })}`);
+      if (transport.kind === 'insecure' && transport.identity) headers.push(`${SERVICE_CLAIM_HEADER}: ${formatClaim(transport.identity)}`);
+    });
+    // Peers are asked for a certificate but not required to have one: a user's client has none.
+    const http =
+      transport.kind === 'tls'
+        ? createTlsServer({ ca: transport.ca, cert: transport.cert, key: transport.key, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2', handshakeTimeout: handshakeTimeoutMs })
+        : createServer();
     http.maxConnections = this.cap;
     http.on('drop', () => this.logRefusal('at-cap', 'connection refused: the server is at its connection cap', { maxConnections: this.cap }));
-    http.on('connection', (socket: Socket) => {
+    // Under TLS the TLS handshake has its own timeout (handshakeTimeout above); the clock here
+    // then runs from the secure connection to the WebSocket upgrade, on the socket it upgrades.
+    http.on(transport.kind === 'tls' ? 'secureConnection' : 'connection', (socket: Socket) => {
       const timer = setTimeout(() => {
         this.handshakes.delete(socket);
         socket.destroy();
@@ -128,6 +188,10 @@ export class RpcServer {
       }
     });
     http.on('clientError', (_err, socket: Socket) => socket.destroy());
+    http.on('tlsClientError', (err: Error, socket: Socket) => {
+      this.logRefusal('tls', 'refused a connection that failed its TLS handshake (a plain ws:// client, or one of another cluster?)', { error: err.message });
+      socket.destroy();
+    });
     http.on('request', (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain', connection: 'close' });
       res.end('this is a dfs service: connect with a dfs client (WebSocket)\n');
@@ -161,6 +225,7 @@ export class RpcServer {
   private accept(ws: WebSocket, req: IncomingMessage): void {
     const peer = parseLimits(req.headers[LIMITS_HEADER]);
     const conn = new RpcConnection(ws, this.options, `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`, peer);
+    conn.service = this.options.transport.kind === 'tls' ? verifiedIdentity(req.socket) : parseClaim(req.headers[SERVICE_CLAIM_HEADER]);
     this.connections.add(conn);
     conn.onClose(() => this.connections.delete(conn));
     this.options.onConnection?.(conn);

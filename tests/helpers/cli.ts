@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { join } from 'node:path';
-import { DIST, ServiceProcess } from './process.js';
+import { DIST, ServiceProcess, TEST_CONFIG_DIR } from './process.js';
 
 export const CLI = join(DIST, 'client', 'cli.js');
 
@@ -19,7 +19,7 @@ export interface CliResult {
 export function runCli(args: string[], options: { stdin?: Buffer | string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliResult> {
   const timeoutMs = options.timeoutMs ?? 30_000;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...options.env } });
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, DFS_CONFIG_DIR: TEST_CONFIG_DIR, ...options.env } });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
@@ -57,7 +57,7 @@ export class CliProcess extends ServiceProcess {
 
 /** Starts `dfs ...args`; its stdout and stderr lines are collected. */
 export function startCli(name: string, args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  return new CliProcess(name, spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...env } }));
+  return new CliProcess(name, spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, DFS_CONFIG_DIR: TEST_CONFIG_DIR, ...env } }));
 }
 
 /** Asserts that the pieces occur in text in this order; the error shows the text. */

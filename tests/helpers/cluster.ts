@@ -4,7 +4,10 @@
  */
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { connect, type RpcConnection } from '../../shared/rpc.js';
+import { connect, type Expected, type RpcConnection } from '../../shared/rpc.js';
+import { DfsClient, type DfsClientOptions } from '../../client/dfs-client.js';
+import type { Transport } from '../../shared/tls/transport.js';
+import { TestPki } from './tls.js';
 import type { PlacementResult, StatusResult } from '../../shared/protocol.js';
 import { freePort, removeDir, startNode, tempDir, type ServiceProcess } from './process.js';
 import { waitFor } from './wait.js';
@@ -45,6 +48,8 @@ export class Cluster {
   directoryUrl = '';
   lockUrl = '';
   readonly servers: FileServerHandle[] = [];
+  /** The cluster CA and every service's certificate, in DIR/tls. */
+  pki!: TestPki;
   private admin: RpcConnection | null = null;
 
   private constructor(
@@ -63,12 +68,17 @@ export class Cluster {
       directoryArgs: options.directoryArgs ?? [],
       syncTimeoutMs: options.syncTimeoutMs ?? 15_000,
     });
-    cluster.lockUrl = `ws://127.0.0.1:${await freePort()}`;
-    cluster.directoryUrl = `ws://127.0.0.1:${await freePort()}`;
+    cluster.lockUrl = `wss://127.0.0.1:${await freePort()}`;
+    cluster.directoryUrl = `wss://127.0.0.1:${await freePort()}`;
     for (let i = 1; i <= cluster.options.fileServers; i++) {
       const port = await freePort();
-      cluster.servers.push({ id: `fs-${i}`, port, url: `ws://127.0.0.1:${port}`, data: join(cluster.dir, `fs-${i}`), proc: null as unknown as ServiceProcess });
+      cluster.servers.push({ id: `fs-${i}`, port, url: `wss://127.0.0.1:${port}`, data: join(cluster.dir, `fs-${i}`), proc: null as unknown as ServiceProcess });
     }
+    cluster.pki = await TestPki.make(join(cluster.dir, 'tls'), [
+      { role: 'lock', id: 'lock' },
+      { role: 'directory', id: 'directory' },
+      ...cluster.servers.map((s) => ({ role: 'file-server' as const, id: s.id })),
+    ]);
     await options.prepare?.({ dir: cluster.dir, directoryData: join(cluster.dir, 'directory'), servers: cluster.servers.map(({ id, url, data }) => ({ id, url, data })) });
     await cluster.startLock();
     await cluster.startDirectory();
@@ -80,15 +90,16 @@ export class Cluster {
   /** Starts the lock service (again: on the same port and data); `extra` are more flags for it. */
   async startLock(port?: number, extra: string[] = []): Promise<void> {
     const p = port ?? (this.lockUrl ? Number(new URL(this.lockUrl).port) : await freePort());
-    this.lockUrl = `ws://127.0.0.1:${p}`;
-    this.lock = startNode('lock', 'servers/lock/main.js', ['--port', String(p), '--data', join(this.dir, 'lock'), '--lease-ms', String(this.options.leaseMs), '--log-level', this.options.logLevel, ...extra]);
+    this.lockUrl = `wss://127.0.0.1:${p}`;
+    this.lock = startNode('lock', 'servers/lock/main.js', [...this.pki.flags('lock'), '--port', String(p), '--data', join(this.dir, 'lock'), '--lease-ms', String(this.options.leaseMs), '--log-level', this.options.logLevel, ...extra]);
     await this.lock.waitForLine(/listening/);
   }
 
   async startDirectory(): Promise<void> {
     const p = this.directoryUrl ? Number(new URL(this.directoryUrl).port) : await freePort();
-    this.directoryUrl = `ws://127.0.0.1:${p}`;
+    this.directoryUrl = `wss://127.0.0.1:${p}`;
     this.directory = startNode('directory', 'servers/directory/main.js', [
+      ...this.pki.flags('directory'),
       '--port', String(p),
       '--data', join(this.dir, 'directory'),
       '--lock', this.lockUrl,
@@ -112,7 +123,7 @@ export class Cluster {
     s.proc = startNode(
       id,
       'servers/file/main.js',
-      ['--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel, ...this.options.fileServerArgs],
+      [...this.pki.flags(id), '--id', id, '--port', String(s.port), '--data', s.data, '--directory', this.directoryUrl, '--log-level', this.options.logLevel, ...this.options.fileServerArgs],
       env,
     );
     await s.proc.waitForLine(/listening/, this.options.syncTimeoutMs);
@@ -120,8 +131,32 @@ export class Cluster {
   }
 
   async adminConn(): Promise<RpcConnection> {
-    if (!this.admin || this.admin.closed) this.admin = await connect(this.directoryUrl);
+    if (!this.admin || this.admin.closed) this.admin = await this.connect(this.directoryUrl);
     return this.admin;
+  }
+
+  /** What a user's client connects with. */
+  get transport(): Transport {
+    return this.pki.client;
+  }
+
+  /** Environment for a spawned client (a test helper, the CLI): where the CA is. */
+  get clientEnv(): NodeJS.ProcessEnv {
+    return { DFS_CA: this.pki.caPath };
+  }
+
+  /**
+   * A raw connection to one of the cluster's services: as a user's client, or `as` the service
+   * with that id (its certificate), to play its part in a test.
+   */
+  async connect(url: string, options: { as?: string; maxMessageBytes?: number; expect?: Expected } = {}): Promise<RpcConnection> {
+    const transport = options.as ? await this.pki.as(options.as) : this.transport;
+    return connect(url, { transport, ...(options.maxMessageBytes ? { maxMessageBytes: options.maxMessageBytes } : {}) }, options.expect);
+  }
+
+  /** A client library instance on this cluster. */
+  client(options: Omit<DfsClientOptions, 'transport'> = {}): Promise<DfsClient> {
+    return DfsClient.connect(this.directoryUrl, { transport: this.transport, ...options });
   }
 
   async placement(name: string): Promise<PlacementResult> {

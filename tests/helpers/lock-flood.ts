@@ -9,6 +9,7 @@
  * wait has had its first `queued` event, then `granted=G events=E errors=X` whenever those
  * change (at most every 100 ms). Granted locks are kept.
  */
+import { transportFromEnv } from './tls.js';
 import { parseArgs } from 'node:util';
 import { connect } from '../../shared/rpc.js';
 import { toDfsError } from '../../shared/errors.js';
@@ -20,15 +21,16 @@ const { values } = parseArgs({
 const url = values.url!;
 const names = Array.from({ length: Number(values.names ?? 1000) }, (_, i) => `${values.prefix ?? 'flood'}/${i}`);
 const WAIT_MS = 600_000;
+const transport = await transportFromEnv();
 
 if (values.role === 'holder') {
-  const conn = await connect(url);
+  const conn = await connect(url, { transport });
   await conn.call('hello', { client: 'flood-holder' });
   await Promise.all(names.map((name) => conn.call('acquire', { name, timeoutMs: 60_000 }, { timeoutMs: 65_000 })));
   console.log(`holding ${names.length}`);
 } else {
   const sessions = Number(values.sessions ?? 100);
-  const conns = await Promise.all(Array.from({ length: sessions }, () => connect(url)));
+  const conns = await Promise.all(Array.from({ length: sessions }, () => connect(url, { transport })));
   await Promise.all(conns.map((conn, i) => conn.call('hello', { client: `flood-waiter-${i}` })));
   let queued = 0;
   let granted = 0;

@@ -9,6 +9,7 @@
  */
 import { parseArgs } from 'node:util';
 import { connect } from '../../shared/rpc.js';
+import { transportFromEnv } from './tls.js';
 import { toDfsError } from '../../shared/errors.js';
 import type { AcquireResult, HelloResult, QueuedEvent } from '../../shared/protocol.js';
 
@@ -19,7 +20,7 @@ const { values } = parseArgs({
 
 try {
   if (!values.url || !values.name) throw new Error('usage: lock-holder --url URL --name NAME [--client LABEL] [--timeout-ms N]');
-  const conn = await connect(values.url);
+  const conn = await connect(values.url, { transport: await transportFromEnv() });
   const hello = (await conn.call('hello', { client: values.client ?? 'holder' })).result as HelloResult;
   console.log(`session id=${hello.session}`);
   const timeoutMs = Number(values['timeout-ms'] ?? 30_000);

@@ -8,6 +8,7 @@
  * Prints `locked round=R token=T`, `begun round=R` (inside the section), `unlocked round=R`,
  * `error round=R CODE message` for a failed round (and goes on), and `done` at the end.
  */
+import { transportFromEnv } from './tls.js';
 import { parseArgs } from 'node:util';
 import { DfsClient } from '../../client/dfs-client.js';
 import { toDfsError } from '../../shared/errors.js';
@@ -21,7 +22,7 @@ const name = values.name;
 const id = values.id;
 const holdMs = Number(values['hold-ms'] ?? 0);
 
-const client = await DfsClient.connect(values.directory, { clientName: `worker-${id}` });
+const client = await DfsClient.connect(values.directory, { transport: await transportFromEnv(), clientName: `worker-${id}` });
 for (let round = 1; round <= Number(values.rounds ?? 5); round++) {
   try {
     const lock = await client.lock(name, { timeoutMs: 60_000 });

@@ -8,10 +8,11 @@
  * Prints `connected`, then `pings=N max=MS p99=MS` every second.
  */
 import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { WebSocket } from 'ws';
 
 const { values } = parseArgs({ options: { url: { type: 'string' } }, strict: true });
-const ws = new WebSocket(values.url!);
+const ws = new WebSocket(values.url!, process.env.DFS_CA ? { ca: readFileSync(process.env.DFS_CA) } : {});
 const gaps: number[] = [];
 let last = 0;
 ws.on('open', () => {

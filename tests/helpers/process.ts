@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -34,6 +35,13 @@ export async function removeDir(dir: string): Promise<void> {
 }
 
 const running = new Set<ServiceProcess>();
+
+/**
+ * The config folder (DFS_CONFIG_DIR) of every process these tests start, so that none reads or
+ * writes the config folder of the person running them: one per test process, removed at exit.
+ */
+export const TEST_CONFIG_DIR = mkdtempSync(join(tmpdir(), 'dfs-config-'));
+process.once('exit', () => rmSync(TEST_CONFIG_DIR, { recursive: true, force: true }));
 
 export class ServiceProcess {
   readonly lines: string[] = [];
@@ -138,7 +146,7 @@ export class ServiceProcess {
 export function startNode(name: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}): ServiceProcess {
   const child = spawn(process.execPath, [join(DIST, script), ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
+    env: { ...process.env, DFS_CONFIG_DIR: TEST_CONFIG_DIR, ...env },
   });
   return new ServiceProcess(name, child);
 }

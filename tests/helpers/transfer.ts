@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { transportFromEnv } from './tls.js';
 import { DfsClient } from '../../client/dfs-client.js';
 
 const [directoryUrl, name, sizeMiB] = process.argv.slice(2);
@@ -27,7 +28,7 @@ async function* generate(hash: ReturnType<typeof createHash>): AsyncIterable<Buf
   }
 }
 
-const client = await DfsClient.connect(directoryUrl, { clientName: 'transfer' });
+const client = await DfsClient.connect(directoryUrl, { transport: await transportFromEnv(), clientName: 'transfer' });
 try {
   await client.create(name);
   let written = createHash('sha256');

@@ -5,6 +5,7 @@
  * printed for the record; the bounds asserted are loose (a service that held the flood would be
  * hundreds of MiB over them).
  */
+import { sharedPki } from '../helpers/tls.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
@@ -55,7 +56,7 @@ async function rawSocket(url: string): Promise<WebSocket> {
 
 test.before(async () => {
   cluster = await Cluster.start({ fileServers: 3, replication: 3 });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'flood-victim' });
+  client = await cluster.client({ clientName: 'flood-victim' });
 });
 
 test.after(async () => {
@@ -69,7 +70,7 @@ test('400 pipelined 1 MiB reads that are never taken: the file server holds abou
   await client.write(name, Buffer.alloc(MiB, 7));
   const p = (await (await cluster.adminConn()).call('placement', { name })).result as PlacementResult;
   const server = cluster.server(p.primary.id);
-  const statusConn: RpcConnection = await connect(server.url);
+  const statusConn: RpcConnection = await cluster.connect(server.url);
   const readsBefore = ((await statusConn.call('status', {})).result as FileServerStatus).counters.reads;
   const before = await rss(server.proc.pid);
   const ws = await rawSocket(server.url);
@@ -89,7 +90,7 @@ test('400 pipelined 1 MiB reads that are never taken: the file server holds abou
 });
 
 test('uploads that ignore their credit are cut off; the lock service and a file server stay small', async () => {
-  const holder = await connect(cluster.lockUrl);
+  const holder = await cluster.connect(cluster.lockUrl);
   await holder.call('acquire', { name: 'flood/held', timeoutMs: 0 });
   const targets = [
     { service: 'lock', url: cluster.lockUrl, proc: cluster.lock, req: { t: 'req', id: 1, op: 'acquire', args: { name: 'flood/held', timeoutMs: 60_000 }, stream: true } },
@@ -136,7 +137,7 @@ test('1,100 half-open connections to a lock service under ulimit -n 1024: ordina
       sockets.push(socket);
     }
     const started = Date.now();
-    const conn = await waitFor(() => connect(url, { connectTimeoutMs: 1000 }).catch(() => null), { what: 'an ordinary client to connect', timeoutMs: 20_000 });
+    const conn = await waitFor(async () => connect(url, { transport: (await sharedPki()).client, connectTimeoutMs: 1000 }).catch(() => null), { what: 'an ordinary client to connect', timeoutMs: 20_000 });
     const token = ((await conn.call('acquire', { name: 'after-flood', timeoutMs: 0 })).result as { token: number }).token;
     report('half-open flood', { sockets: sockets.length, clientInAfterMs: Date.now() - started, rssMiB: ((await rss(proc.pid)) / MiB).toFixed(0) });
     assert.ok(token > 0);

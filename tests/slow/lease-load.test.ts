@@ -4,6 +4,7 @@
  * punctual. Prints what the ping probe saw. Timings are printed, never asserted: the check is
  * that nobody lost a lock.
  */
+import { sharedPki } from '../helpers/tls.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawn } from 'node:child_process';
@@ -20,12 +21,13 @@ test(`with ${cpus().length} cores busy, ${HOLDERS} lock holders keep their locks
   const dir = await tempDir('dfs-lease-load-');
   try {
     const port = await freePort();
-    const lock = startNode('lock', 'servers/lock/main.js', ['--port', String(port), '--data', dir]);
-    const url = (await lock.waitForLine(/listening url=(ws:\/\/\S+)/))[1]!;
+    const pki = await sharedPki();
+    const lock = startNode('lock', 'servers/lock/main.js', [...pki.flags('lock'), '--port', String(port), '--data', dir]);
+    const url = (await lock.waitForLine(/listening url=(wss:\/\/\S+)/))[1]!;
     const burners = Array.from({ length: cpus().length }, (_, i) => new ServiceProcess(`burner-${i}`, spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' })));
-    const holders = Array.from({ length: HOLDERS }, (_, i) => startNode(`holder-${i}`, 'tests/helpers/lock-holder.js', ['--url', url, '--name', `load-${i}.txt`, '--client', `holder-${i}`]));
+    const holders = Array.from({ length: HOLDERS }, (_, i) => startNode(`holder-${i}`, 'tests/helpers/lock-holder.js', ['--url', url, '--name', `load-${i}.txt`, '--client', `holder-${i}`], { DFS_CA: pki.caPath }));
     const tokens = await Promise.all(holders.map(async (h) => Number((await h.waitForLine(/granted token=(\d+)/, 30_000))[1])));
-    const probe = startNode('probe', 'tests/helpers/ping-probe.js', ['--url', url]);
+    const probe = startNode('probe', 'tests/helpers/ping-probe.js', ['--url', url], { DFS_CA: pki.caPath });
     await probe.waitForLine(/^connected$/);
 
     // The workload: hold the locks this long on the loaded machine.
@@ -37,7 +39,7 @@ test(`with ${cpus().length} cores busy, ${HOLDERS} lock holders keep their locks
     await Promise.all(burners.map((b) => b.stop()));
     assert.equal(lapses, []);
     for (const h of holders) assert.not.match(h.output(), /closed/, `${h.name} kept its session`);
-    const check = await connect(url);
+    const check = await connect(url, { transport: await pki.as('fs-1') });
     for (let i = 0; i < HOLDERS; i++) assert.equal((await check.call('validate', { name: `load-${i}.txt`, token: tokens[i]! })).result, { valid: true });
     check.close();
   } finally {

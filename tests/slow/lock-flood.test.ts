@@ -4,6 +4,7 @@
  * events at once. The lock service delivers them in batches that yield, and an innocent
  * session in another process keeps its lock throughout. Prints the lock service's peak RSS.
  */
+import { sharedPki } from '../helpers/tls.js';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect } from '../../shared/rpc.js';
@@ -29,16 +30,18 @@ test('100 sessions x 1,000 waits, then the holder drops: every grant and event g
   const dir = await tempDir('dfs-lock-flood-');
   try {
     const port = await freePort();
-    const lock = startNode('lock', 'servers/lock/main.js', ['--port', String(port), '--data', dir]);
-    const url = (await lock.waitForLine(/listening url=(ws:\/\/\S+)/))[1]!;
-    const innocent = startNode('innocent', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'innocent.txt', '--client', 'innocent']);
+    const pki = await sharedPki();
+    const env = { DFS_CA: pki.caPath };
+    const lock = startNode('lock', 'servers/lock/main.js', [...pki.flags('lock'), '--port', String(port), '--data', dir]);
+    const url = (await lock.waitForLine(/listening url=(wss:\/\/\S+)/))[1]!;
+    const innocent = startNode('innocent', 'tests/helpers/lock-holder.js', ['--url', url, '--name', 'innocent.txt', '--client', 'innocent'], env);
     const innocentSession = (await innocent.waitForLine(/session id=(\S+)/))[1]!;
     const innocentToken = Number((await innocent.waitForLine(/granted token=(\d+)/))[1]);
 
-    const holder = startNode('holder', 'tests/helpers/lock-flood.js', ['--url', url, '--role', 'holder', '--names', String(NAMES)]);
+    const holder = startNode('holder', 'tests/helpers/lock-flood.js', ['--url', url, '--role', 'holder', '--names', String(NAMES)], env);
     await holder.waitForLine(/^holding 1000$/, 60_000);
     const waiters = Array.from({ length: PROCESSES }, (_, i) =>
-      startNode(`waiters-${i}`, 'tests/helpers/lock-flood.js', ['--url', url, '--role', 'waiters', '--sessions', String(SESSIONS_PER_PROCESS), '--names', String(NAMES)]),
+      startNode(`waiters-${i}`, 'tests/helpers/lock-flood.js', ['--url', url, '--role', 'waiters', '--sessions', String(SESSIONS_PER_PROCESS), '--names', String(NAMES)], env),
     );
     const queuedStarted = Date.now();
     await Promise.all(waiters.map((w) => w.waitForLine(/^queued all$/, 180_000)));
@@ -46,7 +49,7 @@ test('100 sessions x 1,000 waits, then the holder drops: every grant and event g
     const rssQueued = await Cluster.peakRss(lock.pid);
 
     // The lock service's answers to a bystander while the flood goes out.
-    const probe = await connect(url);
+    const probe = await connect(url, { transport: pki.client });
     let slowest = 0;
     let probing = true;
     const probeLoop = (async () => {

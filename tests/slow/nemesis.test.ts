@@ -11,8 +11,6 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { DfsClient } from '../../client/dfs-client.js';
-import { connect } from '../../shared/rpc.js';
 import type { ReadResult } from '../../shared/protocol.js';
 import { Cluster } from '../helpers/cluster.js';
 import { waitFor } from '../helpers/wait.js';
@@ -41,7 +39,7 @@ function random(seed: number): () => number {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function copyOn(url: string, name: string, epoch: number): Promise<string | null> {
-  const conn = await connect(url).catch(() => null);
+  const conn = await cluster.connect(url, { as: 'fs-1' }).catch(() => null);
   if (!conn) return null;
   try {
     const res = await conn.call('fetch', { name, epoch });
@@ -69,14 +67,14 @@ test.after(async () => {
 
 test('kill -9 and SIGSTOP of file servers under concurrent appenders: every acknowledged line once, copies identical, reads never go back', async () => {
   const rand = random(SEED);
-  const setup = await DfsClient.connect(cluster.directoryUrl, { clientName: 'setup' });
+  const setup = await cluster.client({ clientName: 'setup' });
   for (const name of FILES) await setup.create(name);
   setup.close();
 
   let stop = false;
   const acked = new Map<string, string[]>(FILES.map((f) => [f, []]));
   const failed: string[] = [];
-  const writers = await Promise.all(Array.from({ length: WRITERS }, (_, k) => DfsClient.connect(cluster.directoryUrl, { clientName: `w${k}`, retryBudgetMs: 20_000 })));
+  const writers = await Promise.all(Array.from({ length: WRITERS }, (_, k) => cluster.client({ clientName: `w${k}`, retryBudgetMs: 20_000 })));
   const loops = writers.map(async (w, k) => {
     for (let i = 0; !stop; i++) {
       const name = FILES[(k + i) % FILES.length]!;
@@ -91,7 +89,7 @@ test('kill -9 and SIGSTOP of file servers under concurrent appenders: every ackn
   });
   // Readers check that what they see only grows.
   const regressions: string[] = [];
-  const readers = await Promise.all([0, 1].map((k) => DfsClient.connect(cluster.directoryUrl, { clientName: `r${k}`, cacheBytes: 0, retryBudgetMs: 20_000 })));
+  const readers = await Promise.all([0, 1].map((k) => cluster.client({ clientName: `r${k}`, cacheBytes: 0, retryBudgetMs: 20_000 })));
   const readLoops = readers.map(async (r) => {
     const seen = new Map<string, number>();
     while (!stop) {

@@ -9,7 +9,6 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../../client/dfs-client.js';
 import { DfsError } from '../../shared/errors.js';
-import { connect } from '../../shared/rpc.js';
 import type { PlacementResult, ReadResult } from '../../shared/protocol.js';
 import { Cluster } from '../helpers/cluster.js';
 import { runCli } from '../helpers/cli.js';
@@ -25,7 +24,7 @@ function report(what: string, fields: Record<string, unknown>): void {
 }
 
 async function copyOn(url: string, name: string, epoch: number): Promise<{ meta: ReadResult; content: Buffer } | DfsError> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const res = await conn.call('fetch', { name, epoch });
     const content = res.stream ? await res.stream.collect(1 << 20) : (res.body ?? Buffer.alloc(0));
@@ -52,7 +51,7 @@ test.before(async () => {
     },
   });
   report('cluster up and in sync', { files: FILES, ms: Date.now() - started });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'scale', retryBudgetMs: 30_000 });
+  client = await cluster.client({ clientName: 'scale', retryBudgetMs: 30_000 });
 });
 
 test.after(async () => {

@@ -13,7 +13,6 @@ import { join } from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { DfsClient } from '../../client/dfs-client.js';
-import { connect } from '../../shared/rpc.js';
 import type { PlacementResult, VersionsResult } from '../../shared/protocol.js';
 import { Cluster } from '../helpers/cluster.js';
 import { waitFor } from '../helpers/wait.js';
@@ -30,7 +29,7 @@ async function placement(name: string): Promise<PlacementResult> {
 }
 
 async function versionOn(url: string, name: string): Promise<number | null> {
-  const conn = await connect(url);
+  const conn = await cluster.connect(url, { as: 'fs-1' });
   try {
     const { files } = (await conn.call('versions', { names: [name] })).result as VersionsResult;
     return files[0]?.version ?? null;
@@ -68,7 +67,7 @@ test.before(async () => {
       );
     },
   });
-  client = await DfsClient.connect(cluster.directoryUrl, { clientName: 'rv', retryBudgetMs: 30_000, cacheBytes: 0 });
+  client = await cluster.client({ clientName: 'rv', retryBudgetMs: 30_000, cacheBytes: 0 });
 });
 
 test.after(async () => {
