@@ -94,6 +94,29 @@ export async function createCa(name = 'dfs cluster CA'): Promise<Pem> {
   return { certPem: cert.toString('pem'), keyPem: await keyPemOf(keys.privateKey) };
 }
 
+/**
+ * A self-signed certificate naming `identity`, signed by its own new key: for a service that
+ * runs without a CA (--insecure) but still needs a key pair and a certificate to show for it.
+ */
+export async function createSelfSignedServiceCert(identity: ServiceIdentity, days = SERVICE_DAYS): Promise<Pem> {
+  const keys = (await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: serialNumber(),
+    name: subjectOf(identity),
+    notBefore: new Date(now - 60_000),
+    notAfter: new Date(now + days * DAY_MS),
+    keys,
+    signingAlgorithm: ALGORITHM,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await keyPemOf(keys.privateKey) };
+}
+
 /** A certificate for one service, valid for TLS as server and as client, for the given hosts. */
 export async function issueServiceCert(ca: Pem, identity: ServiceIdentity, hosts: readonly string[], days = SERVICE_DAYS): Promise<Pem> {
   const keys = (await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
