@@ -20,6 +20,9 @@ export const ERROR_CODES = [
   'LIMIT', // a per-session or per-connection cap was reached (locks held, waits, streams, connections)
   'LOCK_LOST', // the caller's lock ended (lease lapsed, session lost) before a write made under it
   'CLOSED', // the connection closed before the answer came
+  'UNAUTHENTICATED', // no valid credentials: none, a wrong password, an expired or revoked session
+  'FORBIDDEN', // authenticated, but not allowed to do this
+  'RATE_LIMITED', // too many failed logins; details.retryAfterMs says when to try again
   'INTERNAL', // a bug or an unexpected I/O failure on the server
 ] as const;
 
