@@ -12,13 +12,13 @@
  * (exported for the tests); everything that touches files is below them.
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdir, open, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, readdir } from 'node:fs/promises';
 import { realpathSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { basename, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { fsyncDir, readIfExists, tempPathFor, writeFileDurably } from './shared/durable.js';
+import { PRIVATE_FILE_MODE, readIfExists, writeFileDurably } from './shared/durable.js';
 import { serverId, wsUrl } from './shared/protocol.js';
 import { CA_CERT_FILE, CA_KEY_FILE, RESERVED_IDS, ensureCa, issueServiceCert, type Pem } from './shared/tls/certs.js';
 import { SERVICE_ROLES, describeIdentity, identityOfCertificate, isServiceRole, type ServiceRole } from './shared/tls/identity.js';
@@ -250,24 +250,6 @@ export function remoteCommand(plan: IssuePlan): string {
 /** A refusal or a failure: exit 1 with `cert: error: ...`. */
 class CertError extends Error {}
 
-/** Writes a secret durably, never readable by others, not even for a moment. */
-async function writeSecret(target: string, content: string): Promise<void> {
-  const temp = tempPathFor(target);
-  const handle = await open(temp, 'wx', 0o600);
-  try {
-    await handle.chmod(0o600); // whatever the umask
-    await handle.writeFile(content);
-    await handle.sync();
-  } catch (err) {
-    await handle.close().catch(() => {});
-    await unlink(temp).catch(() => {});
-    throw err;
-  }
-  await handle.close();
-  await rename(temp, target);
-  await fsyncDir(resolve(target, '..'));
-}
-
 function makeCaHint(data: string): string {
   return `run npm start once first (it makes one), or npm run cert -- init${data === 'data' ? '' : ` --data ${shellWord(data)}`}`;
 }
@@ -303,7 +285,7 @@ async function issue(plan: IssuePlan): Promise<void> {
   }
   const pem = await issueServiceCert(ca, { role: plan.role, id: plan.id }, plan.hosts);
   await mkdir(plan.out, { recursive: true, mode: 0o700 });
-  await writeSecret(paths.key, pem.keyPem);
+  await writeFileDurably(paths.key, pem.keyPem, { mode: PRIVATE_FILE_MODE });
   await writeFileDurably(paths.cert, pem.certPem);
   await writeFileDurably(paths.ca, ca.certPem);
   const validTo = new Date(Date.parse(new X509Certificate(pem.certPem).validTo)).toISOString().slice(0, 10);

@@ -29,12 +29,21 @@ export function tempPathFor(target: string): string {
   return join(dirname(target), `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
 }
 
-/** Replaces target with content (or the pieces of content, written as they come), durably. */
-export async function writeFileDurably(target: string, content: Buffer | string | AsyncIterable<string>): Promise<void> {
+/** Files that hold secrets (keys, password and session hashes): readable by their owner only. */
+export const PRIVATE_FILE_MODE = 0o600;
+
+/**
+ * Replaces target with content (or the pieces of content, written as they come), durably. With
+ * `mode` (PRIVATE_FILE_MODE for a secret) the temp file is created with it, so the content is
+ * never readable by others, not for an instant, whatever mode an older copy had.
+ */
+export async function writeFileDurably(target: string, content: Buffer | string | AsyncIterable<string>, options: { mode?: number } = {}): Promise<void> {
   await mkdir(dirname(target), { recursive: true });
   const temp = tempPathFor(target);
-  const handle = await open(temp, 'w');
+  const handle = await open(temp, 'wx', options.mode ?? 0o666);
   try {
+    // The umask can only take bits away; chmod makes the mode exact.
+    if (options.mode !== undefined) await handle.chmod(options.mode);
     if (typeof content === 'string' || Buffer.isBuffer(content)) {
       await handle.writeFile(content);
     } else {
@@ -47,6 +56,11 @@ export async function writeFileDurably(target: string, content: Buffer | string 
     throw err;
   }
   await handle.close();
-  await rename(temp, target);
+  try {
+    await rename(temp, target);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
   await fsyncDir(dirname(target));
 }

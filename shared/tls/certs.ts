@@ -15,11 +15,10 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { KeyObject, X509Certificate, createPrivateKey, randomBytes, webcrypto } from 'node:crypto';
-import { chmod } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
-import { readIfExists, writeFileDurably } from '../durable.js';
+import { PRIVATE_FILE_MODE, readIfExists, writeFileDurably } from '../durable.js';
 import { DfsError } from '../errors.js';
 import { identityOfCertificate, subjectOf, type ServiceIdentity } from './identity.js';
 
@@ -144,8 +143,7 @@ export async function issueServiceCert(ca: Pem, identity: ServiceIdentity, hosts
 }
 
 async function writeKey(path: string, pem: string): Promise<void> {
-  await writeFileDurably(path, pem);
-  await chmod(path, 0o600);
+  await writeFileDurably(path, pem, { mode: PRIVATE_FILE_MODE });
 }
 
 /** The CA in `tlsDir`, made there first if it has none. `created` says whether it was. */

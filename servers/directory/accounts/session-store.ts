@@ -25,7 +25,7 @@ import { stringify } from 'csv-stringify/sync';
 import { readIfExists } from '../../../shared/durable.js';
 import { DfsError } from '../../../shared/errors.js';
 import { silentLogger, type Logger } from '../../../shared/log.js';
-import { writePrivateFileDurably } from './private-file.js';
+import { PRIVATE_FILE_MODE, writeFileDurably } from '../../../shared/durable.js';
 import { userNameProblem } from './user-store.js';
 
 export const SESSIONS_FILE = 'sessions.csv';
@@ -297,7 +297,7 @@ export class SessionStore {
       const batch = this.waiters;
       this.waiters = [];
       try {
-        await writePrivateFileDurably(this.path, this.snapshot());
+        await writeFileDurably(this.path, this.snapshot(), { mode: PRIVATE_FILE_MODE });
         this.rewrites++;
         for (const waiter of batch) waiter.resolve();
       } catch (err) {

@@ -23,7 +23,7 @@ import { readIfExists } from '../../../shared/durable.js';
 import { DfsError } from '../../../shared/errors.js';
 import { silentLogger, type Logger } from '../../../shared/log.js';
 import { hashPassword, isPasswordHash, passwordProblem } from './password.js';
-import { writePrivateFileDurably } from './private-file.js';
+import { PRIVATE_FILE_MODE, writeFileDurably } from '../../../shared/durable.js';
 
 export const USERS_FILE = 'users.csv';
 const COLUMNS = ['name', 'admin', 'password_hash', 'created', 'password_changed'] as const;
@@ -193,7 +193,7 @@ export class UserStore {
       const passwordHash = await hashPassword(password);
       const now = new Date().toISOString();
       const next = new Map<string, UserRecord>([[ADMIN_USER, Object.freeze({ name: ADMIN_USER, admin: true, passwordHash, created: now, passwordChanged: now })]]);
-      await writePrivateFileDurably(this.path, formatUsers(next.values()));
+      await writeFileDurably(this.path, formatUsers(next.values()), { mode: PRIVATE_FILE_MODE });
       this.users = next;
       this.log.info('users: created the first admin', { user: ADMIN_USER, password: envPassword === undefined ? 'random' : 'given' });
       return { created: true, password: envPassword === undefined ? password : null };
@@ -206,7 +206,7 @@ export class UserStore {
       const next = new Map(this.users);
       const result = edit(next);
       if (result === false) return result;
-      await writePrivateFileDurably(this.path, formatUsers(next.values()));
+      await writeFileDurably(this.path, formatUsers(next.values()), { mode: PRIVATE_FILE_MODE });
       this.users = next;
       return result;
     });
