@@ -5,7 +5,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DfsClient } from '../client/dfs-client.js';
 import { Cluster } from './helpers/cluster.js';
@@ -32,6 +32,15 @@ const timer = setInterval(() => {
   writeFileSync(file, readFileSync(go));
 }, 20);
 `;
+
+/**
+ * Writes the editor's GO file whole, at once (a rename): the editor polls for it, and a file it
+ * saw half-written would make it save an empty buffer.
+ */
+async function release(go: string, content: string): Promise<void> {
+  await writeFile(`${go}.tmp`, content);
+  await rename(`${go}.tmp`, go);
+}
 
 /** CMD for dfs lock: says it runs, waits for GO, then appends a line with dfs (under the inherited lock). */
 const COMMAND_SCRIPT = `import { existsSync } from 'node:fs';
@@ -110,7 +119,7 @@ test("alice's REPL is paused past her lease while her editor is open; bob append
   await cluster.lock.waitForLine(/lease expired, session dropped .*client=alice .*locksFreed=1/, 5000, logFrom);
   alice.thaw();
 
-  await writeFile(go, 'alice rewrote it\n');
+  await release(go, 'alice rewrote it\n');
   const saved = await alice.waitForLine(/^error: the lock on notes\.txt was lost: .*; your edited text is kept in (.+)$/);
   await assertKept(saved[1]!, 'alice rewrote it\n');
   assert.is(await content('notes.txt'), 'line 1\nbob was here\n', "bob's append is intact");
@@ -133,7 +142,7 @@ test("a lock-service restart while alice's editor is open: her lock is reclaimed
   bob.end();
   await bob.waitForLine(/^waiting for lock on restart\.txt \(held by client alice/);
 
-  await writeFile(go, 'alice rewrote it\n');
+  await release(go, 'alice rewrote it\n');
   await alice.waitForLine(/^Saved restart\.txt: version 2/);
   await alice.waitForLine(/^Unlocked restart\.txt$/);
   assert.equal(await bob.waitForExit(20_000), { code: 0, signal: null }, bob.output());
@@ -194,7 +203,7 @@ test('dfs lock NAME -- CMD paused past its lease: the loss is on stderr at once 
   }
   outer.thaw();
   await outer.waitForLine(/^dfs: error: the lock on fenced\.txt was lost: .*runs on without it, and its writes under it fail$/);
-  await writeFile(go, '');
+  await release(go, '');
   const exit = await outer.waitForExit(20_000);
   assert.is(exit.code, 1, outer.output());
   assert.match(outer.output(), /dfs: error: the lock on fenced\.txt was lost: a file server refused its fencing token/);
