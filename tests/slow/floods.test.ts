@@ -48,7 +48,7 @@ function report(what: string, fields: Record<string, unknown>): void {
 
 
 async function rawSocket(url: string): Promise<WebSocket> {
-  const ws = new WebSocket(url, { maxPayload: 64 * MiB });
+  const ws = new WebSocket(url, { ca: cluster.pki.caPem, maxPayload: 64 * MiB });
   await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
   ws.on('error', () => {});
   return ws;
@@ -121,11 +121,12 @@ test('uploads that ignore their credit are cut off; the lock service and a file 
 test('1,100 half-open connections to a lock service under ulimit -n 1024: ordinary clients still get in', async () => {
   const dir = await tempDir('dfs-flood-lock-');
   const port = await freePort();
-  const url = `ws://127.0.0.1:${port}`;
+  const url = `wss://127.0.0.1:${port}`;
   const script = join(DIST, 'servers/lock/main.js');
+  const pki = await sharedPki();
   const proc = new ServiceProcess(
     'lock-ulimit',
-    spawn('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, script, '--port', String(port), '--data', dir, '--handshake-timeout-ms', '2000'], { stdio: ['ignore', 'pipe', 'pipe'] }),
+    spawn('/bin/sh', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, script, ...pki.flags('lock'), '--port', String(port), '--data', dir, '--handshake-timeout-ms', '2000'], { stdio: ['ignore', 'pipe', 'pipe'] }),
   );
   const sockets: Socket[] = [];
   try {
@@ -133,7 +134,7 @@ test('1,100 half-open connections to a lock service under ulimit -n 1024: ordina
     for (let i = 0; i < 1100; i++) {
       const socket = netConnect(port, '127.0.0.1');
       socket.on('error', () => {});
-      socket.on('connect', () => socket.write('GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n'));
+      // Connected and silent: a TLS handshake that never starts, holding a socket until it times out.
       sockets.push(socket);
     }
     const started = Date.now();
