@@ -49,7 +49,8 @@ test('100 sessions x 1,000 waits, then the holder drops: every grant and event g
     const rssQueued = await Cluster.peakRss(lock.pid);
 
     // The lock service's answers to a bystander while the flood goes out.
-    const probe = await connect(url, { transport: pki.client });
+    // validate is a file server's call: the probe connects with fs-1's certificate.
+    const probe = await connect(url, { transport: await pki.as('fs-1') });
     let slowest = 0;
     let probing = true;
     const probeLoop = (async () => {
