@@ -55,9 +55,13 @@ export function checkUrl(url: string): void {
  * not the one `expected` (its certificate names another).
  */
 export function connect(url: string, options: ConnectOptions, expected?: Expected): Promise<RpcConnection> {
-  checkUrl(url);
   const { transport } = options;
-  checkScheme(url, transport);
+  try {
+    checkUrl(url);
+    checkScheme(url, transport);
+  } catch (err) {
+    return Promise.reject(err);
+  }
   const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
   const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   return new Promise((resolve, reject) => {
