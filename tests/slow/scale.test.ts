@@ -71,7 +71,7 @@ test('list returns every file, through the library and through dfs ls', async ()
   assert.is(names.length, FILES);
   assert.ok(names.every((name, i) => name === expected[i]), 'the names, in order');
   started = Date.now();
-  const ls = await runCli(['--directory', cluster.directoryUrl, 'ls'], { timeoutMs: 120_000 });
+  const ls = await runCli(['--directory', cluster.directoryUrl, 'ls'], { timeoutMs: 120_000, env: cluster.clientEnv });
   report('dfs ls', { ms: Date.now() - started });
   assert.is(ls.code, 0, ls.stderr);
   const lines = ls.stdout.toString('utf8').split('\n').filter(Boolean);
