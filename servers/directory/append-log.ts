@@ -7,6 +7,7 @@
  * trusted (the page cache may have dropped it), so every pending and later append is rejected and
  * `onFailure` fires once; the owner should stop and let a restart recover from what is on disk.
  */
+import { parse } from 'csv-parse/sync';
 import { open, type FileHandle } from 'node:fs/promises';
 
 interface Waiter {
@@ -133,5 +134,25 @@ export class AppendLog {
     this.waiters = [];
     for (const waiter of all) waiter.reject(this.failure);
     if (first) this.onFailure(err);
+  }
+}
+
+/**
+ * The rows of a CSV journal's text after its header line, as fields (null for a line that
+ * cannot be parsed), with their 1-based line numbers. Blank lines are skipped, and so is the text
+ * after the last newline: empty, or a row a crash cut short, which was never acknowledged.
+ */
+export function* journalRows(text: string): Generator<{ line: number; fields: string[] | null }> {
+  const lines = text.split('\n');
+  for (let i = 1; i < lines.length - 1; i++) {
+    const line = lines[i]!;
+    if (line === '') continue;
+    let fields: string[] | null;
+    try {
+      fields = line.includes('"') ? ((parse(line) as string[][])[0] ?? []) : line.split(',');
+    } catch {
+      fields = null;
+    }
+    yield { line: i + 1, fields };
   }
 }

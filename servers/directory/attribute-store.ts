@@ -37,14 +37,13 @@
  */
 import { mkdir, readdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { readIfExists, writeFileDurably } from '../../shared/durable.js';
 import { DfsError } from '../../shared/errors.js';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import { nameProblem } from '../../shared/names.js';
 import { DEFAULT_MODE, formatMode, modeProblem, ownerProblem, parseMode, type Mode } from '../../shared/permissions.js';
-import { AppendLog } from './append-log.js';
+import { AppendLog, journalRows } from './append-log.js';
 
 export const ATTRIBUTES_FILE = 'file_attributes.csv';
 const HEADER = 'op,name,epoch,owner,mode\n';
@@ -129,28 +128,21 @@ function parseEpoch(text: string): number | null {
 function replayInto(text: string, intern: (owner: string) => string): { table: Incarnations; badLines: number[] } {
   const table = new Incarnations();
   const badLines: number[] = [];
-  const lines = text.split('\n');
-  // The last element follows the last newline: empty, or a row cut short by a crash.
-  for (let i = 0; i < lines.length - 1; i++) {
-    const line = lines[i]!;
-    if (line === '' || i === 0) continue;
-    let fields: string[];
-    try {
-      fields = line.includes('"') ? ((parse(line) as string[][])[0] ?? []) : line.split(',');
-    } catch {
-      badLines.push(i + 1);
+  for (const { line, fields } of journalRows(text)) {
+    if (fields === null) {
+      badLines.push(line);
       continue;
     }
     const [op, name, epochText, owner, modeText] = fields as [string, string, string, string, string];
     const epoch = fields.length === 5 ? parseEpoch(epochText) : null;
     if (epoch === null || nameProblem(name) !== null) {
-      badLines.push(i + 1);
+      badLines.push(line);
     } else if (op === 'set' && ownerProblem(owner) === null && MODE_TEXT.test(modeText)) {
       table.put(name, { epoch, owner: intern(owner), mode: parseMode(modeText, DEFAULT_MODE) });
     } else if (op === 'drop' && owner === '' && modeText === '') {
       table.remove(name, epoch);
     } else {
-      badLines.push(i + 1);
+      badLines.push(line);
     }
   }
   return { table, badLines };

@@ -18,12 +18,11 @@
 import { mkdir } from 'node:fs/promises';
 import { readIfExists } from '../../shared/durable.js';
 import { join } from 'node:path';
-import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { silentLogger, type Logger } from '../../shared/log.js';
 import { nameProblem } from '../../shared/names.js';
 import { serverId as serverIdSchema } from '../../shared/protocol.js';
-import { AppendLog } from './append-log.js';
+import { AppendLog, journalRows } from './append-log.js';
 
 export const MARKS_FILE = 'behind_marks.csv';
 const HEADER = 'op,server_id,name\n';
@@ -38,21 +37,14 @@ export interface MarkedCopy {
 export function replayMarks(text: string): { marks: MarkedCopy[]; badLines: number[] } {
   const marks = new Map<string, MarkedCopy>();
   const badLines: number[] = [];
-  const lines = text.split('\n');
-  // The last element follows the last newline: empty, or a row cut short by a crash.
-  for (let i = 0; i < lines.length - 1; i++) {
-    const line = lines[i]!;
-    if (line === '' || i === 0) continue;
-    let fields: string[];
-    try {
-      fields = line.includes('"') ? ((parse(line) as string[][])[0] ?? []) : line.split(',');
-    } catch {
-      badLines.push(i + 1);
+  for (const { line, fields } of journalRows(text)) {
+    if (fields === null) {
+      badLines.push(line);
       continue;
     }
     const [op, server, name] = fields as [string, string, string];
     if (fields.length !== 3 || (op !== 'mark' && op !== 'clear') || !serverIdSchema.safeParse(server).success || nameProblem(name) !== null) {
-      badLines.push(i + 1);
+      badLines.push(line);
       continue;
     }
     const key = `${server}\u0000${name}`;
